@@ -1,0 +1,241 @@
+"""Capture: turn an ``nn.Module`` into an fx graph with shapes and parameter use-sites.
+
+Two frontends produce the same thing, a :class:`Captured`:
+
+* ``fx``: ``torch.fx.symbolic_trace`` with every ``torch.nn`` layer kept as a leaf
+  ``call_module`` node (Linear, ConvNd, norms, MultiheadAttention, Embedding, ...).
+* ``export``: ``torch.export.export`` with example inputs (aten-level graph; parameters are
+  placeholders, mapped back to their qualified names).
+
+Parameter *values* are never needed by the analysis, so the module is deep-copied onto the
+``meta`` device (a copy is needed anyway: tracing can mutate module state) and shapes come from
+one meta-tensor run. Tied parameters keep one canonical name (``named_parameters`` order).
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.fx as fx
+from torch import nn
+
+from .errors import CaptureError
+
+
+@dataclass(frozen=True)
+class ParamInfo:
+    """A trainable or frozen parameter of the model, addressed by qualified name."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+    trainable: bool
+    aliases: tuple[str, ...] = ()
+
+
+@dataclass
+class Captured:
+    """An fx graph plus everything the passes need to know about it."""
+
+    gm: fx.GraphModule
+    frontend: str
+    training: bool
+    params: dict[str, ParamInfo]
+    #: fx node -> canonical parameter name (get_attr nodes, export placeholders)
+    param_nodes: dict[fx.Node, str] = field(default_factory=dict)
+    #: canonical parameter name -> the nodes (op sites) that use it, filled by canonicalize
+    sites: dict[str, list[str]] = field(default_factory=dict)
+    #: module path -> nn.Module of the meta copy (fx frontend only)
+    modules: dict[str, nn.Module] = field(default_factory=dict)
+    #: module object id -> its canonical path in the meta copy
+    module_names: dict[int, str] = field(default_factory=dict)
+
+    def trainable(self, name: str) -> bool:
+        return self.params[name].trainable
+
+
+class LeafTracer(fx.Tracer):
+    """Keeps standard layers (and user-registered classes) as leaves."""
+
+    extra_leaves: tuple[type, ...] = ()
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        if isinstance(m, self.extra_leaves):
+            return True
+        return super().is_leaf_module(m, qualname)
+
+
+_REGISTERED_LEAVES: list[type] = []
+
+
+def register_leaf(cls: type) -> type:
+    """Keep ``cls`` as a leaf during tracing (it then needs a rule, see ``fxcons.ops``)."""
+    _REGISTERED_LEAVES.append(cls)
+    return cls
+
+
+def meta_copy(model: nn.Module) -> nn.Module:
+    """Deep copy of ``model`` whose parameters and buffers live on the meta device."""
+    memo: dict[int, Any] = {}
+    for p in model.parameters(recurse=True):
+        memo[id(p)] = nn.Parameter(torch.empty_like(p, device="meta"), requires_grad=p.requires_grad)
+    for b in model.buffers(recurse=True):
+        memo[id(b)] = torch.empty_like(b, device="meta")
+    return copy.deepcopy(model, memo)
+
+
+def _to_meta(x: Any) -> Any:
+    if isinstance(x, torch.Tensor):
+        return torch.empty_like(x, device="meta") if x.is_floating_point() else x.to("meta")
+    if isinstance(x, (list, tuple)):
+        return type(x)(_to_meta(v) for v in x)
+    if isinstance(x, dict):
+        return {k: _to_meta(v) for k, v in x.items()}
+    return x
+
+
+def param_table(model: nn.Module) -> tuple[dict[str, ParamInfo], dict[int, str]]:
+    """Canonical parameter names (tied parameters appear once, with their aliases)."""
+    canon: dict[int, str] = {}
+    aliases: dict[int, list[str]] = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        if id(p) in canon:
+            aliases[id(p)].append(name)
+        else:
+            canon[id(p)] = name
+            aliases[id(p)] = []
+    table = {}
+    for name, p in model.named_parameters():
+        table[name] = ParamInfo(name, tuple(p.shape), p.dtype, p.requires_grad, tuple(aliases[id(p)]))
+    return table, canon
+
+
+class _MetaRecorder(fx.Interpreter):
+    def run_node(self, n: fx.Node) -> Any:
+        try:
+            out = super().run_node(n)
+        except Exception as e:  # pragma: no cover - message path tested via CLI
+            raise CaptureError(
+                f"shape propagation failed at node '{n.name}' ({n.op} {n.target}): "
+                f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}. "
+                "Check the example inputs (--example-shape) match what the model expects."
+            ) from None
+        n.meta["val"] = out
+        return out
+
+
+def _capture_fx(mm: nn.Module, example_inputs: tuple, kwargs: dict) -> fx.GraphModule:
+    tracer = LeafTracer()
+    tracer.extra_leaves = tuple(_REGISTERED_LEAVES)
+    concrete = None
+    graph = tracer.trace(mm, concrete_args=concrete)
+    gm = fx.GraphModule(tracer.root, graph, mm.__class__.__name__)
+    _MetaRecorder(gm).run(*example_inputs, **kwargs) if not kwargs else _run_kwargs(gm, example_inputs, kwargs)
+    return gm
+
+
+def _run_kwargs(gm: fx.GraphModule, args: tuple, kwargs: dict) -> None:
+    names = [n.target for n in gm.graph.nodes if n.op == "placeholder"]
+    ordered = list(args) + [kwargs.get(nm) for nm in names[len(args):]]
+    _MetaRecorder(gm).run(*ordered)
+
+
+def _capture_export(mm: nn.Module, example_inputs: tuple, kwargs: dict, training: bool):
+    ep = torch.export.export(mm, example_inputs, kwargs=kwargs or None, strict=False)
+    gm = ep.graph_module
+    sig = ep.graph_signature
+    return gm, dict(sig.inputs_to_parameters), dict(sig.inputs_to_buffers)
+
+
+def capture(
+    model: nn.Module,
+    example_inputs: tuple | None,
+    frontend: str = "auto",
+    training: bool = True,
+    example_kwargs: dict | None = None,
+) -> Captured:
+    """Capture ``model`` (never mutated) as an fx graph with shapes.
+
+    ``frontend``: ``"fx"`` (symbolic_trace), ``"export"`` (torch.export) or ``"auto"`` (fx,
+    falling back to export when symbolic tracing fails).
+    """
+    if not isinstance(model, nn.Module):
+        raise CaptureError(f"expected an nn.Module, got {type(model).__name__}")
+    params, canon = param_table(model)
+    if not any(p.trainable for p in params.values()):
+        raise CaptureError("the model has no trainable parameters (requires_grad=True): nothing can be conserved")
+    if example_inputs is None:
+        raise CaptureError(
+            "example inputs are needed to know tensor shapes: pass example_inputs=(x,) "
+            "(command line: --example-shape 1,3,224,224)"
+        )
+    example_inputs = tuple(example_inputs)
+    kwargs = dict(example_kwargs or {})
+    mm = meta_copy(model)
+    mm.train(training)
+    meta_args = _to_meta(example_inputs)
+    meta_kwargs = _to_meta(kwargs)
+    # the meta copy's parameters, in canonical naming
+    meta_canon = {}
+    for name, p in mm.named_parameters(remove_duplicate=False):
+        meta_canon.setdefault(id(p), name)
+    canonical_of = {pid: canon_name for pid, canon_name in meta_canon.items()}
+    # map meta copy names back to the original canonical names (same traversal order)
+    orig_names = [n for n, _ in model.named_parameters(remove_duplicate=False)]
+    meta_names = [n for n, _ in mm.named_parameters(remove_duplicate=False)]
+    assert orig_names == meta_names
+    first_seen: dict[int, str] = {}
+    for n, p in mm.named_parameters(remove_duplicate=False):
+        first_seen.setdefault(id(p), n)
+    errors = []
+    if frontend in ("auto", "fx"):
+        try:
+            gm = _capture_fx(mm, meta_args, meta_kwargs)
+            cap = Captured(gm, "fx", training, params)
+            modules = dict(gm.named_modules())
+            cap.modules = modules
+            for name, mod in mm.named_modules(remove_duplicate=False):
+                cap.module_names.setdefault(id(mod), name)
+            for node in gm.graph.nodes:
+                if node.op == "get_attr":
+                    obj = _get_attr(gm, node.target)
+                    if isinstance(obj, nn.Parameter):
+                        cap.param_nodes[node] = first_seen.get(id(obj), node.target)
+            cap.param_of_obj = {pid: nm for pid, nm in first_seen.items()}
+            return cap
+        except CaptureError:
+            raise
+        except Exception as e:
+            if frontend == "fx":
+                raise CaptureError(f"symbolic_trace failed: {type(e).__name__}: {_first_line(e)}. Try --frontend export") from None
+            errors.append(f"symbolic_trace: {type(e).__name__}: {_first_line(e)}")
+            mm = meta_copy(model)
+            mm.train(training)
+    try:
+        gm, in2p, _ = _capture_export(mm, meta_args, meta_kwargs, training)
+    except Exception as e:
+        errors.append(f"torch.export: {type(e).__name__}: {_first_line(e)}")
+        raise CaptureError("could not capture the model (" + "; ".join(errors) + ")") from None
+    cap = Captured(gm, "export", training, params)
+    by_name = {}
+    for n, p in mm.named_parameters(remove_duplicate=False):
+        by_name[n] = first_seen[id(p)]
+    for node in gm.graph.nodes:
+        if node.op == "placeholder" and node.name in in2p:
+            cap.param_nodes[node] = by_name.get(in2p[node.name], in2p[node.name])
+    cap.param_of_obj = {}
+    return cap
+
+
+def _get_attr(gm: nn.Module, target: str) -> Any:
+    obj: Any = gm
+    for part in target.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _first_line(e: BaseException) -> str:
+    s = str(e).strip()
+    return s.splitlines()[0][:300] if s else ""

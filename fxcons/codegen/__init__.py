@@ -1,0 +1,4 @@
+"""Emitters: standalone Python (``to_python``)."""
+from .python import to_python
+
+__all__ = ["to_python"]

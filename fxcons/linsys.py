@@ -1,0 +1,239 @@
+"""A sparse homogeneous linear system over log-scale unknowns, and its kernel.
+
+Unknowns are integers; ``0`` is the constant zero. Most constraints are equalities ``a == b``
+(an op passing a scale along), solved by connected components; the few general rows
+(``Σ c_i x_i = 0``: products, powers, a parameter used at a second site) are solved per
+connected component with exact rational arithmetic (sympy) when small.
+
+The kernel splits into *exact* directions and *eps* directions: an eps direction moves an
+unknown marked ``eps`` (the input scale of a normalization, exact only as eps -> 0).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from fractions import Fraction
+
+import numpy as np
+import scipy.sparse as sp
+from scipy.sparse.csgraph import connected_components
+
+
+@dataclass
+class KernelVector:
+    """One basis vector of the kernel: coefficients on equality classes' member unknowns."""
+
+    classes: np.ndarray  # class labels involved
+    coefs: list  # Fraction or float per class
+    eps: bool
+
+
+class LinearSystem:
+    def __init__(self) -> None:
+        self.n = 1
+        self._eq_a: list[np.ndarray] = []
+        self._eq_b: list[np.ndarray] = []
+        self._rows: list[dict[int, Fraction]] = []
+        self._eps: list[np.ndarray] = []
+
+    # ------------------------------------------------------------------ building
+    def new(self, shape: tuple[int, ...]) -> np.ndarray:
+        size = int(np.prod(shape, dtype=np.int64)) if len(shape) else 1
+        ids = np.arange(self.n, self.n + size, dtype=np.int64).reshape(shape)
+        self.n += size
+        return ids
+
+    def eq(self, a: np.ndarray | int, b: np.ndarray | int) -> None:
+        a, b = np.broadcast_arrays(np.asarray(a, dtype=np.int64), np.asarray(b, dtype=np.int64))
+        self._eq_a.append(a.ravel().copy())
+        self._eq_b.append(b.ravel().copy())
+
+    def zero(self, a: np.ndarray | int) -> None:
+        self.eq(a, 0)
+
+    def mark_eps(self, a: np.ndarray) -> None:
+        self._eps.append(np.asarray(a, dtype=np.int64).ravel().copy())
+
+    def lin(self, terms: list[tuple[float, np.ndarray]]) -> None:
+        """Σ coef·ids == 0, elementwise after broadcasting the id arrays."""
+        coefs = [Fraction(c).limit_denominator(1 << 20) for c, _ in terms]
+        arrs = np.broadcast_arrays(*[np.asarray(t, dtype=np.int64) for _, t in terms])
+        mat = np.stack([a.ravel() for a in arrs], axis=1)  # rows x k
+        cvec = np.array([float(c) for c in coefs])
+        nz = mat != 0
+        cnt = nz.sum(1)
+        # fast paths: rows that are plain equalities / zero-fixings
+        two = cnt == 2
+        if two.any():
+            sub = mat[two]
+            m = nz[two]
+            idx = np.argsort(~m, axis=1, kind="stable")[:, :2]
+            v = np.take_along_axis(sub, idx, 1)
+            c = cvec[idx]
+            is_eq = (np.abs(c[:, 0] + c[:, 1]) < 1e-12) & (v[:, 0] != v[:, 1])
+            if is_eq.any():
+                self.eq(v[is_eq, 0], v[is_eq, 1])
+            rest = np.nonzero(two)[0][~is_eq]
+        else:
+            rest = np.zeros(0, dtype=np.int64)
+        one = cnt == 1
+        if one.any():
+            sub = mat[one]
+            self.zero(sub[sub != 0])
+        general = np.concatenate([rest, np.nonzero(cnt > 2)[0]])
+        for r in general:
+            row: dict[int, Fraction] = {}
+            for v, c in zip(mat[r], coefs):
+                if v:
+                    row[int(v)] = row.get(int(v), Fraction(0)) + c
+            row = {k: c for k, c in row.items() if c != 0}
+            if row:
+                self._rows.append(row)
+
+    # ------------------------------------------------------------------ solving
+    def solve(self) -> "Solution":
+        n = self.n
+        if self._eq_a:
+            a = np.concatenate(self._eq_a)
+            b = np.concatenate(self._eq_b)
+        else:
+            a = b = np.zeros(0, dtype=np.int64)
+        rows = [dict(r) for r in self._rows]
+        label = _components(n, a, b)
+        # reduce general rows to classes; absorb rows that are equalities or zero-fixings
+        while True:
+            zero_cls = label[0]
+            new_a, new_b, keep = [], [], []
+            for r in rows:
+                red: dict[int, Fraction] = {}
+                for v, c in r.items():
+                    cl = int(label[v])
+                    if cl == zero_cls:
+                        continue
+                    red[cl] = red.get(cl, Fraction(0)) + c
+                red = {k: c for k, c in red.items() if c != 0}
+                if not red:
+                    continue
+                if len(red) == 1:
+                    (k,) = red
+                    new_a.append(k)
+                    new_b.append(zero_cls)
+                    continue
+                if len(red) == 2:
+                    (k1, c1), (k2, c2) = red.items()
+                    if c1 == -c2:
+                        new_a.append(k1)
+                        new_b.append(k2)
+                        continue
+                keep.append(red)
+            if not new_a:
+                break
+            # merge classes and relabel
+            rep = _class_representative(label)
+            a = np.concatenate([a, rep[np.array(new_a)]])
+            b = np.concatenate([b, rep[np.array(new_b)]])
+            label = _components(n, a, b)
+            rows = []
+            for r in keep:  # r keyed by old labels: map back through representatives
+                rows.append({int(rep[k]): c for k, c in r.items()})
+        rows = keep
+        eps_vars = np.unique(np.concatenate(self._eps)) if self._eps else np.zeros(0, dtype=np.int64)
+        return Solution(label, rows, eps_vars)
+
+
+def _components(n: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    g = sp.coo_matrix((np.ones(len(a), dtype=np.int8), (a, b)), shape=(n, n))
+    _, label = connected_components(g, directed=False)
+    return label
+
+
+def _class_representative(label: np.ndarray) -> np.ndarray:
+    """For each class label, one variable id belonging to it."""
+    rep = np.zeros(label.max() + 1, dtype=np.int64)
+    rep[label[::-1]] = np.arange(len(label))[::-1]
+    return rep
+
+
+class Solution:
+    """The kernel of a :class:`LinearSystem`, as equality classes plus per-component bases."""
+
+    def __init__(self, label: np.ndarray, rows: list[dict[int, Fraction]], eps_vars: np.ndarray) -> None:
+        self.label = label
+        self.zero_class = int(label[0])
+        self.eps_classes = set(label[eps_vars].tolist()) if len(eps_vars) else set()
+        self.rows = rows  # keyed by class labels
+
+    def kernel(self, relevant_classes: np.ndarray) -> list[KernelVector]:
+        """A basis of the kernel, restricted to components that touch ``relevant_classes``."""
+        relevant = set(int(c) for c in np.unique(relevant_classes)) - {self.zero_class}
+        # classes coupled by general rows
+        row_classes = set()
+        for r in self.rows:
+            row_classes.update(r)
+        out: list[KernelVector] = []
+        for c in sorted(relevant - row_classes):
+            out.append(KernelVector(np.array([c]), [Fraction(1)], c in self.eps_classes))
+        if not self.rows:
+            return out
+        # components of the row graph
+        cls = sorted(row_classes)
+        pos = {c: i for i, c in enumerate(cls)}
+        ra, rb = [], []
+        for r in self.rows:
+            ks = [pos[k] for k in r]
+            ra += ks[:-1]
+            rb += ks[1:]
+        _, comp = connected_components(
+            sp.coo_matrix((np.ones(len(ra)), (ra, rb)), shape=(len(cls), len(cls))), directed=False)
+        by_comp: dict[int, list[int]] = {}
+        for c, k in zip(cls, comp):
+            by_comp.setdefault(int(k), []).append(c)
+        rows_by_comp: dict[int, list[dict]] = {}
+        for r in self.rows:
+            rows_by_comp.setdefault(int(comp[pos[next(iter(r))]]), []).append(r)
+        for k, members in by_comp.items():
+            if not relevant.intersection(members):
+                continue
+            out.extend(_component_kernel(members, rows_by_comp[k], self.eps_classes))
+        return out
+
+
+def _component_kernel(members: list[int], rows: list[dict], eps_classes: set) -> list[KernelVector]:
+    import sympy
+
+    idx = {c: i for i, c in enumerate(members)}
+    M = sympy.zeros(len(rows), len(members))
+    for i, r in enumerate(rows):
+        for c, v in r.items():
+            M[i, idx[c]] = sympy.Rational(v.numerator, v.denominator)
+    eps_cols = [idx[c] for c in members if c in eps_classes]
+    full = M.nullspace()
+    if not full:
+        return []
+    if eps_cols:
+        E = sympy.zeros(len(eps_cols), len(members))
+        for i, j in enumerate(eps_cols):
+            E[i, j] = 1
+        exact = M.col_join(E).nullspace()
+    else:
+        exact = full
+    basis = list(exact)
+    out = [_kv(members, v, False) for v in exact]
+    # extend the exact basis to the full kernel; the extra vectors are eps directions
+    cur = sympy.Matrix.hstack(*basis) if basis else None
+    rank = len(basis)
+    for v in full:
+        cand = v if cur is None else sympy.Matrix.hstack(cur, v)
+        if cand.rank() > rank:
+            cur, rank = cand, rank + 1
+            out.append(_kv(members, v, True))
+    return out
+
+
+def _kv(members: list[int], v, eps: bool) -> KernelVector:
+    nz = [(members[i], Fraction(int(x.p), int(x.q))) for i, x in enumerate(v) if x != 0]
+    # normalise: first coefficient positive and integer-friendly
+    from math import lcm
+
+    den = lcm(*[c.denominator for _, c in nz]) if nz else 1
+    sign = 1 if nz and nz[0][1] > 0 else -1
+    return KernelVector(np.array([c for c, _ in nz]), [c * den * sign for _, c in nz], eps)

@@ -1,0 +1,383 @@
+"""Canonical op view: many spellings of one op, one kind with a known algebraic behaviour.
+
+``canonicalize(cap)`` writes ``node.meta["fxc"] = View(kind, ins, attrs, where)`` on every node
+of the captured graph. ``ins`` holds fx nodes (tensor operands), :class:`ParamRef` (a
+parameter, by canonical qualified name) or plain Python constants. Passes are tables keyed on
+``kind``; a kind without a rule in a pass breaks that pass's symmetries ("unknown op").
+
+Spellings covered: ``nn`` modules (leaf ``call_module``), ``torch.*`` / ``torch.nn.functional``
+functions, ``operator`` functions, Tensor methods (in-place ones too) and aten overloads from
+``torch.export``.
+"""
+from __future__ import annotations
+
+import operator
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+import torch.fx as fx
+import torch.nn.functional as F
+from torch import nn
+
+from .capture import Captured
+
+
+@dataclass(frozen=True)
+class ParamRef:
+    name: str
+
+
+@dataclass
+class View:
+    kind: str
+    ins: list
+    attrs: dict = field(default_factory=dict)
+    where: str = ""
+
+
+# ----------------------------------------------------------------------------- helpers
+
+def _arg(node: fx.Node, i: int, name: str, default: Any = None) -> Any:
+    if len(node.args) > i:
+        return node.args[i]
+    return node.kwargs.get(name, default)
+
+
+def _ndim(v: Any) -> int | None:
+    return v.dim() if isinstance(v, torch.Tensor) else None
+
+
+def _val(x: Any) -> Any:
+    return x.meta.get("val") if isinstance(x, fx.Node) else x
+
+
+def _dims(d: Any, nd: int) -> list[int]:
+    if d is None:
+        return list(range(nd))
+    if isinstance(d, int):
+        d = [d]
+    return sorted(int(x) % nd for x in d)
+
+
+HOMOGENEOUS = {"relu", "relu_", "leaky_relu", "leaky_relu_"}
+NON_HOMOGENEOUS = {
+    "gelu", "silu", "silu_", "tanh", "tanh_", "sigmoid", "sigmoid_", "softplus", "elu", "elu_",
+    "mish", "hardswish", "hardswish_", "hardsigmoid", "hardsigmoid_", "selu", "celu", "exp",
+    "log", "sin", "cos", "erf", "logsigmoid", "softsign", "tanhshrink", "glu", "abs", "sign",
+    "log1p", "expm1", "square_", "reciprocal",
+}
+CLAMPS = {"relu6", "hardtanh", "hardtanh_", "clamp", "clamp_", "clip", "clamp_min", "clamp_max", "threshold"}
+IDENTITY = {
+    "contiguous", "clone", "detach", "to", "float", "double", "half", "bfloat16", "type_as",
+    "alias", "lift_fresh_copy", "_to_copy", "type", "cpu", "cuda", "requires_grad_",
+    "dropout_identity", "identity", "_assert_tensor_metadata",
+}
+RESHAPES = {
+    "view", "reshape", "flatten", "unflatten", "squeeze", "squeeze_", "unsqueeze", "unsqueeze_",
+    "view_as", "reshape_as", "_unsafe_view", "ravel",
+}
+EXPANDS = {"expand", "expand_as", "broadcast_to"}
+META_ONLY = {"size", "dim", "numel", "_assert", "getattr", "sym_size", "sym_numel", "_assert_async",
+             "sym_constrain_range_for_size", "_assert_scalar", "eq", "ne", "lt", "gt", "le", "ge",
+             "scalar_tensor", "arange", "zeros", "ones", "full", "empty", "tensor", "ones_like",
+             "zeros_like", "full_like", "empty_like", "triu", "tril", "new_ones", "new_zeros",
+             "masked_fill_const", "floordiv", "mod", "and_", "or_", "not_", "logical_not"}
+POOLS = {
+    "max_pool1d", "max_pool2d", "max_pool3d", "avg_pool1d", "avg_pool2d", "avg_pool3d",
+    "adaptive_avg_pool1d", "adaptive_avg_pool2d", "adaptive_avg_pool3d", "adaptive_max_pool1d",
+    "adaptive_max_pool2d", "adaptive_max_pool3d", "max_pool2d_with_indices", "_adaptive_avg_pool2d",
+}
+POOL_MODULES = (
+    nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
+    nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d, nn.AdaptiveMaxPool1d,
+    nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d,
+)
+NONHOMOG_MODULES = (
+    nn.GELU, nn.SiLU, nn.Tanh, nn.Sigmoid, nn.Softplus, nn.ELU, nn.Mish, nn.Hardswish,
+    nn.Hardsigmoid, nn.SELU, nn.CELU, nn.GLU, nn.LogSigmoid, nn.Softsign, nn.Tanhshrink,
+)
+CLAMP_MODULES = (nn.ReLU6, nn.Hardtanh, nn.Threshold)
+
+
+# ----------------------------------------------------------------------------- modules
+
+def _module_view(cap: Captured, node: fx.Node, m: nn.Module) -> View:
+    x = node.args[0] if node.args else next(iter(node.kwargs.values()), None)
+    P = lambda p: _pref(cap, p)  # noqa: E731
+    if isinstance(m, nn.Linear):
+        return View("linear", [x, P(m.weight), P(m.bias)], {"layout": "out_in"})
+    if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+        if m.padding_mode != "zeros":
+            return View("unknown", [x], {"why": f"conv padding_mode={m.padding_mode!r}"})
+        return View("conv", [x, P(m.weight), P(m.bias)], {"groups": m.groups})
+    if isinstance(m, nn.modules.batchnorm._BatchNorm):
+        training = m.training or not m.track_running_stats
+        return View("batch_norm", [x, P(m.weight), P(m.bias)], {"training": training})
+    if isinstance(m, nn.LayerNorm):
+        return View("layer_norm", [x, P(m.weight), P(m.bias)], {"ndim": len(m.normalized_shape)})
+    if hasattr(nn, "RMSNorm") and isinstance(m, nn.RMSNorm):
+        return View("rms_norm", [x, P(m.weight)], {"ndim": len(m.normalized_shape)})
+    if isinstance(m, nn.GroupNorm):
+        return View("group_norm", [x, P(m.weight), P(m.bias)], {"groups": m.num_groups})
+    if isinstance(m, nn.Embedding):
+        return View("embedding", [x, P(m.weight)], {})
+    if isinstance(m, (nn.ReLU, nn.LeakyReLU)):
+        return View("homog", [x], {"fn": type(m).__name__})
+    if isinstance(m, nn.PReLU):
+        return View("homog", [x], {"fn": "PReLU"})
+    if isinstance(m, nn.Identity):
+        return View("identity", [x])
+    if isinstance(m, (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d)):
+        return View("dropout", [x], {"active": m.training and m.p > 0, "p": m.p})
+    if isinstance(m, (nn.Flatten, nn.Unflatten)):
+        return View("reshape", [x])
+    if isinstance(m, POOL_MODULES):
+        return View("pool", [x], {"fn": type(m).__name__})
+    if isinstance(m, (nn.Softmax, nn.LogSoftmax)):
+        return View("softmax", [x], {"dim": m.dim, "log": isinstance(m, nn.LogSoftmax)})
+    if isinstance(m, NONHOMOG_MODULES):
+        return View("breaker", [x], {"why": f"{type(m).__name__} is not positively homogeneous"})
+    if isinstance(m, CLAMP_MODULES):
+        return View("breaker", [x], {"why": f"{type(m).__name__} clips (not positively homogeneous)"})
+    if isinstance(m, nn.MultiheadAttention):
+        return View("mha", list(node.args) + [P(m.in_proj_weight) if m.in_proj_weight is not None else None],
+                    {"module": m})
+    return View("unknown", [x], {"why": f"no rule for module type {type(m).__module__}.{type(m).__name__}"})
+
+
+def _pref(cap: Captured, p: Any) -> Any:
+    if p is None:
+        return None
+    name = cap.param_of_obj.get(id(p))
+    return ParamRef(name) if name is not None else None
+
+
+# ----------------------------------------------------------------------------- functions
+
+def _fn_name(target: Any) -> str | None:
+    """Name of a known torch / functional / operator / aten callable, else None."""
+    if isinstance(target, torch._ops.OpOverload):
+        return target._schema.name.split("::")[-1]
+    if isinstance(target, torch._ops.OpOverloadPacket):
+        return target._qualified_op_name.split("::")[-1]
+    name = getattr(target, "__name__", None)
+    if name is None:
+        return None
+    for ns in (torch, F, operator, torch.Tensor, torch.special, torch._C._nn, torch.linalg):
+        if getattr(ns, name, None) is target:
+            return name
+    if name == "scaled_dot_product_attention":
+        return name
+    if target is getattr:
+        return "getattr"
+    return None
+
+
+def _function_view(cap: Captured, node: fx.Node, name: str) -> View:
+    a = node.args
+    x = a[0] if a else next(iter(node.kwargs.values()), None)
+    out = node.meta.get("val")
+    if name in ("linear",):
+        return View("linear", [x, _arg(node, 1, "weight"), _arg(node, 2, "bias")], {"layout": "out_in"})
+    if name in ("addmm",):  # bias + x @ W (W stored in,out) -- Conv1D spelling
+        return View("linear", [a[1], a[2], a[0]], {"layout": "in_out"})
+    if name in ("conv1d", "conv2d", "conv3d"):
+        return View("conv", [x, _arg(node, 1, "weight"), _arg(node, 2, "bias")], {"groups": _arg(node, 6, "groups", 1)})
+    if name == "convolution":
+        if a[6]:
+            return View("unknown", [x], {"why": "transposed convolution has no rule"})
+        return View("conv", [x, a[1], a[2]], {"groups": a[8]})
+    if name == "batch_norm":
+        training = _arg(node, 5, "training", False)
+        if node.op == "call_function" and isinstance(node.target, torch._ops.OpOverload):
+            training = a[5]
+            return View("batch_norm", [x, a[1], a[2]], {"training": bool(training)})
+        return View("batch_norm", [x, _arg(node, 3, "weight"), _arg(node, 4, "bias")], {"training": bool(training)})
+    if name in ("_native_batch_norm_legit_functional", "_native_batch_norm_legit", "native_batch_norm"):
+        return View("batch_norm", [x, a[1], a[2]], {"training": bool(a[5])})
+    if name == "layer_norm":
+        ns = _arg(node, 1, "normalized_shape")
+        return View("layer_norm", [x, _arg(node, 2, "weight"), _arg(node, 3, "bias")], {"ndim": len(ns)})
+    if name == "rms_norm":
+        ns = _arg(node, 1, "normalized_shape")
+        return View("rms_norm", [x, _arg(node, 2, "weight")], {"ndim": len(ns)})
+    if name == "group_norm":
+        return View("group_norm", [x, _arg(node, 2, "weight"), _arg(node, 3, "bias")], {"groups": _arg(node, 1, "num_groups")})
+    if name == "embedding":
+        if isinstance(node.target, torch._ops.OpOverload):  # aten.embedding(weight, indices)
+            return View("embedding", [a[1], a[0]], {})
+        return View("embedding", [x, _arg(node, 1, "weight")], {})
+    if name in HOMOGENEOUS:
+        return View("homog", [x], {"fn": name})
+    if name in ("prelu", "_prelu_kernel"):
+        return View("homog", [x], {"fn": name})
+    if name in NON_HOMOGENEOUS:
+        return View("breaker", [x], {"why": f"{name} is not positively homogeneous"})
+    if name in CLAMPS:
+        return View("breaker", [x], {"why": f"{name} clips (not positively homogeneous)"})
+    if name in ("dropout", "dropout_", "feature_dropout", "dropout1d", "dropout2d", "dropout3d", "native_dropout"):
+        p = _arg(node, 1, "p", 0.5)
+        train = _arg(node, 2, "training", _arg(node, 2, "train", True))
+        return View("dropout", [x], {"active": bool(train) and p > 0, "p": p})
+    if name in IDENTITY:
+        return View("identity", [x])
+    if name in RESHAPES:
+        return View("reshape", [x])
+    if name in EXPANDS:
+        return View("expand", [x])
+    if name in ("permute",):
+        perm = a[1:] if len(a) > 2 else _arg(node, 1, "dims")
+        return View("permute", [x], {"perm": [int(p) for p in perm]})
+    if name in ("transpose", "swapaxes", "swapdims"):
+        nd = _ndim(_val(x))
+        d0, d1 = int(_arg(node, 1, "dim0")) % nd, int(_arg(node, 2, "dim1")) % nd
+        perm = list(range(nd))
+        perm[d0], perm[d1] = perm[d1], perm[d0]
+        return View("permute", [x], {"perm": perm})
+    if name in ("t", "numpy_T"):
+        nd = _ndim(_val(x))
+        return View("permute", [x], {"perm": list(range(nd))[::-1]})
+    if name == "getitem":
+        if isinstance(_val(x), torch.Tensor):
+            return View("index", [x], {"index": a[1]})
+        return View("pick", [x], {"i": a[1]})
+    if name == "slice":
+        idx = [slice(None)] * _ndim(_val(x))
+        dim = _arg(node, 1, "dim", 0)
+        idx[dim] = slice(_arg(node, 2, "start", None), _arg(node, 3, "end", None), _arg(node, 4, "step", 1))
+        return View("index", [x], {"index": tuple(idx)})
+    if name == "select":
+        idx = [slice(None)] * _ndim(_val(x))
+        idx[_arg(node, 1, "dim")] = _arg(node, 2, "index")
+        return View("index", [x], {"index": tuple(idx)})
+    if name == "narrow":
+        idx = [slice(None)] * _ndim(_val(x))
+        s = _arg(node, 2, "start")
+        idx[_arg(node, 1, "dim")] = slice(s, s + _arg(node, 3, "length"))
+        return View("index", [x], {"index": tuple(idx)})
+    if name in ("split", "split_with_sizes", "chunk", "unbind", "tensor_split", "split_copy", "unsafe_split"):
+        nd = _ndim(_val(x))
+        dim = _arg(node, 2 if name != "unbind" else 1, "dim", 0) or 0
+        return View("split", [x], {"dim": int(dim) % nd, "squeeze": name == "unbind"})
+    if name in ("cat", "concat", "concatenate"):
+        t = list(a[0])
+        nd = _ndim(_val(t[0]))
+        return View("cat", t, {"dim": int(_arg(node, 1, "dim", 0)) % nd})
+    if name == "stack":
+        t = list(a[0])
+        nd = _ndim(out)
+        return View("stack", t, {"dim": int(_arg(node, 1, "dim", 0)) % nd})
+    if name in ("add", "add_", "iadd", "__add__", "__radd__"):
+        alpha = node.kwargs.get("alpha", 1)
+        return View("add", [a[0], a[1]], {"alpha": alpha})
+    if name in ("sub", "sub_", "isub", "__sub__", "rsub"):
+        if name == "rsub":
+            return View("add", [a[1], a[0]], {"alpha": -1})
+        return View("add", [a[0], a[1]], {"alpha": -1 * node.kwargs.get("alpha", 1)})
+    if name in ("mul", "mul_", "imul", "__mul__", "__rmul__", "multiply"):
+        return View("mul", [a[0], a[1]])
+    if name in ("truediv", "div", "div_", "itruediv", "__truediv__", "divide"):
+        if node.kwargs.get("rounding_mode") or (len(a) > 2 and a[2]):
+            return View("breaker", [a[0], a[1]], {"why": "rounding division"})
+        return View("div", [a[0], a[1]])
+    if name in ("neg", "neg_", "__neg__"):
+        return View("mul", [x, -1.0])
+    if name in ("mean", "sum", "amax", "amin", "nansum", "nanmean"):
+        nd = _ndim(_val(x))
+        dims = _arg(node, 1, "dim", None)
+        keep = bool(_arg(node, 2, "keepdim", False))
+        return View("reduce", [x], {"dims": _dims(dims, nd), "keepdim": keep, "fn": name})
+    if name in ("max", "min") and isinstance(_val(x), torch.Tensor) and len(a) == 1 and not node.kwargs:
+        return View("reduce", [x], {"dims": list(range(_ndim(_val(x)))), "keepdim": False, "fn": name})
+    if name in POOLS:
+        nd = _ndim(_val(x))
+        k = int(name[-2]) if name[-2].isdigit() else 2
+        if "with_indices" in name:
+            k = 2
+        return View("pool", [x], {"fn": name, "k": k})
+    if name in ("softmax", "log_softmax", "_softmax", "_log_softmax", "safe_softmax", "_safe_softmax"):
+        return View("softmax", [x], {"dim": int(_arg(node, 1, "dim")), "log": "log" in name})
+    if name in ("matmul", "bmm", "mm", "__matmul__"):
+        return View("matmul", [a[0], a[1]])
+    if name == "einsum":
+        ops = list(a[1]) if len(a) == 2 and isinstance(a[1], (list, tuple)) else list(a[1:])
+        return View("einsum", ops, {"eq": a[0]})
+    if name == "scaled_dot_product_attention":
+        return View("sdpa", [a[0], a[1], a[2], _arg(node, 3, "attn_mask")],
+                    {"is_causal": _arg(node, 5, "is_causal", False), "scale": node.kwargs.get("scale"),
+                     "dropout_p": _arg(node, 4, "dropout_p", 0.0), "enable_gqa": node.kwargs.get("enable_gqa", False)})
+    if name in ("pow", "pow_", "__pow__"):
+        e = _arg(node, 1, "exponent")
+        if isinstance(e, (int, float)):
+            return View("power", [x], {"p": float(e)})
+        return View("breaker", [x], {"why": "pow with a tensor exponent"})
+    if name in ("sqrt",):
+        return View("power", [x], {"p": 0.5})
+    if name in ("rsqrt",):
+        return View("power", [x], {"p": -0.5})
+    if name in ("square",):
+        return View("power", [x], {"p": 2.0})
+    if name in ("masked_fill", "masked_fill_", "where"):
+        return View("unknown", [x], {"why": f"{name} (masking with a value breaks rescaling)"})
+    if name in META_ONLY:
+        return View("meta", list(a))
+    return View("unknown", [x], {"why": f"no rule for {name}"})
+
+
+# ----------------------------------------------------------------------------- entry point
+
+def canonicalize(cap: Captured) -> None:
+    """Attach a :class:`View` to every node of ``cap.gm`` (``node.meta['fxc']``)."""
+    gm = cap.gm
+    for node in gm.graph.nodes:
+        node.meta["fxc"] = _view(cap, node)
+        view = node.meta["fxc"]
+        view.where = _where(cap, node)
+        # parameters used by this node
+        for i, x in enumerate(view.ins):
+            if isinstance(x, fx.Node) and x in cap.param_nodes:
+                view.ins[i] = ParamRef(cap.param_nodes[x])
+        for x in view.ins:
+            if isinstance(x, ParamRef):
+                cap.sites.setdefault(x.name, []).append(node.name)
+
+
+def _view(cap: Captured, node: fx.Node) -> View:
+    if node.op == "placeholder":
+        if node in cap.param_nodes:
+            return View("param", [ParamRef(cap.param_nodes[node])])
+        return View("input", [])
+    if node.op == "get_attr":
+        if node in cap.param_nodes:
+            return View("param", [ParamRef(cap.param_nodes[node])])
+        return View("const", [])
+    if node.op == "output":
+        return View("output", [node.args[0]])
+    if node.op == "call_module":
+        return _module_view(cap, node, cap.gm.get_submodule(node.target))
+    if node.op == "call_method":
+        name = node.target
+        if name in ("size", "dim", "numel", "__getattribute__"):
+            return View("meta", list(node.args))
+        return _function_view(cap, node, name)
+    name = _fn_name(node.target)
+    if name is None:
+        return View("unknown", list(node.args[:1]), {"why": f"no rule for function {getattr(node.target, '__qualname__', node.target)}"})
+    if name == "getattr":
+        return View("meta", list(node.args))
+    return _function_view(cap, node, name)
+
+
+def _where(cap: Captured, node: fx.Node) -> str:
+    if node.op == "call_module":
+        return str(node.target)
+    stack = node.meta.get("nn_module_stack")
+    if stack:
+        path = list(stack.values())[-1]
+        path = path[0] if isinstance(path, tuple) else path
+        return f"{path}:{node.name}" if path else node.name
+    return node.name
+
+
+Rule = Callable[..., Any]
