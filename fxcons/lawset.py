@@ -83,65 +83,117 @@ class LawFamily:
 
     # ------------------------------------------------------------------ evaluation
     def evaluate(self, params: Mapping[str, torch.Tensor], cache: dict | None = None) -> torch.Tensor:
-        cache = {} if cache is None else cache
+        """Law values, shape (count,)."""
         if self.form == "gram":
-            return _eval_gram(self, params)
-        total = None
-        for t in self.terms:
-            red = reduce_param(params[t.param], t.reducer, t.groups, t.axis, cache, t.param)
-            idx = _index_tensor(t, red.device, cache)
-            val = red[idx].sum(-1) * t.coef
-            total = val if total is None else total + val
-        return total
+            return _gram(self, lambda t: _blocks(t, params[t.param]), None)
+        elem = (lambda p: p.square()) if self.form == "diag" else (lambda p: p)
+        return _combine(self, lambda t: elem(params[t.param]), cache, "v")
+
+    def directional(self, params: Mapping[str, torch.Tensor], grads: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """<∇h(θ), g> for every law h of the family (exact), shape (count,)."""
+        if self.form == "gram":
+            return _gram(self, lambda t: _blocks(t, params[t.param]), lambda t: _blocks(t, grads[t.param]))
+        if self.form == "diag":
+            return 2 * _combine(self, lambda t: params[t.param] * grads[t.param], None, "d")
+        return _combine(self, lambda t: grads[t.param], None, "d")
+
+    def grad_norm(self, params: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """‖∇h(θ)‖ for every law (upper bound when the slices of two terms overlap)."""
+        if self.form == "gram":
+            D = _gram_diag(self, lambda t: _blocks(t, params[t.param]), square_coef=True)
+            r = D.shape[-1]
+            iu = torch.triu_indices(r, r, device=D.device)
+            a, b = iu[0], iu[1]
+            n2 = torch.where(a == b, 4 * D[:, a], D[:, a] + D[:, b])
+            return n2.reshape(-1).sqrt()
+        if self.form == "diag":
+            return (4 * _combine(self, lambda t: params[t.param].square(), None, "n", square_coef=True)).sqrt()
+        return _combine(self, lambda t: torch.ones_like(params[t.param]), None, "n", square_coef=True).sqrt()
+
+    def support_norm(self, grads: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """‖g restricted to the entries the law depends on‖, shape (count,)."""
+        if self.form == "gram":
+            D = _gram_diag(self, lambda t: _blocks(t, grads[t.param]), square_coef=None)
+            r = D.shape[-1]
+            iu = torch.triu_indices(r, r, device=D.device)
+            return (D[:, iu[0]] + torch.where(iu[0] == iu[1], 0, 1) * D[:, iu[1]]).reshape(-1).sqrt()
+        sq = _combine(self, lambda t: grads[t.param].square(), None, "s", abs_coef=True,
+                      reducer_map=_SQUARED_REDUCER)
+        return sq.sqrt()
 
 
-def _index_tensor(t: Term, device, cache: dict) -> torch.Tensor:
-    key = ("idx", id(t), device)
-    if key not in cache:
-        cache[key] = torch.as_tensor(t.index, device=device)
-    return cache[key]
+_SQUARED_REDUCER = {"sq0": "sq0", "sq1": "sq1", "sq": "sq", "entry": "sq", "sum0": "sum0", "sum1": "sum1",
+                    "sumlast": "sumlast", "total": "total"}
 
 
-def reduce_param(p: torch.Tensor, reducer: str, groups: int, axis: int, cache: dict, name: str) -> torch.Tensor:
-    key = (name, reducer, groups, axis)
-    if key in cache:
-        return cache[key]
+def _combine(fam: LawFamily, X, cache, tag, square_coef=False, abs_coef=False, reducer_map=None) -> torch.Tensor:
+    total = None
+    for t in fam.terms:
+        red = t.reducer if reducer_map is None else reducer_map[t.reducer]
+        key = (tag, t.param, red, t.groups) if cache is not None else None
+        if key is not None and key in cache:
+            r = cache[key]
+        else:
+            r = reduce_tensor(X(t), red, t.groups)
+            if key is not None:
+                cache[key] = r
+        idx = torch.as_tensor(t.index, device=r.device)
+        c = t.coef * t.coef if square_coef else abs(t.coef) if abs_coef else t.coef
+        val = r[idx].sum(-1) * c
+        total = val if total is None else total + val
+    return total
+
+
+def reduce_tensor(p: torch.Tensor, reducer: str, groups: int = 1) -> torch.Tensor:
+    """Reductions of an elementwise-mapped parameter ``p`` (θ², θ·g, θ ...), flattened."""
     if reducer == "sq0":
-        r = p.square().reshape(p.shape[0], -1).sum(1)
-    elif reducer == "sq1":
-        q = p.square()
-        q = q.reshape(q.shape[0], q.shape[1], -1).sum(2)  # (out, ipg)
-        r = q.reshape(groups, q.shape[0] // groups, q.shape[1]).sum(1).reshape(-1)
-    elif reducer == "sq":
-        r = p.square().reshape(-1)
-    elif reducer == "entry":
-        r = p.reshape(-1)
-    elif reducer == "sum0":
-        r = p.sum(0).reshape(-1)
-    elif reducer == "sum1":
-        r = p.sum(1).reshape(-1)
-    elif reducer == "sumlast":
-        r = p.sum(-1).reshape(-1)
-    elif reducer == "total":
-        r = p.sum().reshape(1)
-    else:  # pragma: no cover
-        raise ValueError(f"unknown reducer {reducer}")
-    cache[key] = r
-    return r
+        return p.reshape(p.shape[0], -1).sum(1)
+    if reducer == "sq1":
+        q = p.reshape(p.shape[0], p.shape[1], -1).sum(2)  # (out, ipg)
+        return q.reshape(groups, q.shape[0] // groups, q.shape[1]).sum(1).reshape(-1)
+    if reducer in ("sq", "entry"):
+        return p.reshape(-1)
+    if reducer == "sum0":
+        return p.sum(0).reshape(-1)
+    if reducer == "sum1":
+        return p.sum(1).reshape(-1)
+    if reducer == "sumlast":
+        return p.sum(-1).reshape(-1)
+    if reducer == "total":
+        return p.sum().reshape(1)
+    raise ValueError(f"unknown reducer {reducer}")
 
 
-def _eval_gram(fam: LawFamily, params: Mapping[str, torch.Tensor]) -> torch.Tensor:
+def _blocks(t: Term, p: torch.Tensor) -> torch.Tensor:
+    """(blocks, r, rest): the rows of θ (moved to ``t.axis``) selected by the term's index."""
+    M = torch.movedim(p, t.axis, 0)
+    idx = torch.as_tensor(t.index, device=p.device)
+    return M[idx].reshape(idx.shape[0], idx.shape[1], -1)
+
+
+def _gram(fam: LawFamily, M_of, G_of) -> torch.Tensor:
     H = None
     for t in fam.terms:
-        p = params[t.param]
-        M = torch.movedim(p, t.axis, 0)
-        idx = torch.as_tensor(t.index, device=p.device)  # (blocks, r)
-        M = M[idx].reshape(idx.shape[0], idx.shape[1], -1)  # (blocks, r, rest)
-        G = M @ M.transpose(1, 2) * t.coef
+        M = M_of(t)
+        if G_of is None:
+            G = M @ M.transpose(1, 2)
+        else:
+            Gm = G_of(t)
+            G = Gm @ M.transpose(1, 2) + M @ Gm.transpose(1, 2)
+        G = G * t.coef
         H = G if H is None else H + G
     r = H.shape[-1]
     iu = torch.triu_indices(r, r, device=H.device)
     return H[:, iu[0], iu[1]].reshape(-1)
+
+
+def _gram_diag(fam: LawFamily, M_of, square_coef) -> torch.Tensor:
+    D = None
+    for t in fam.terms:
+        d = M_of(t).square().sum(-1)
+        c = t.coef * t.coef if square_coef else 1.0
+        D = d * c if D is None else D + d * c
+    return D
 
 
 @dataclass

@@ -1,0 +1,256 @@
+"""The numerical oracle of LAWS.md §2, and the direct invariance check.
+
+For random parameters θ (the model's weights, perturbed, in float64), random inputs x and a
+random cotangent v, one backward pass gives g = ∇_θ <v, f_θ(x)>. Every law h must satisfy
+
+    r(h) = |<∇h(θ), g>| / (‖∇h(θ)‖ · ‖g on the entries h depends on‖)  ≈ 0
+
+(≈1e-12 for exact laws in float64). Laws that are exact only as a normalization's eps -> 0 are
+checked with every ``eps`` attribute of the model lowered to 1e-12 (and a looser tolerance for
+eps constants baked into the graph). With ``head="classification"`` the cotangent has zero sum
+over the class axis. The invariance check applies a random group element of every family and
+compares the outputs.
+"""
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+EXACT_TOL = 1e-8
+EPS_TOL = 1e-4
+
+
+@dataclass
+class FamilyCheck:
+    name: str
+    kind: str
+    exactness: str
+    count: int
+    max_ratio: float
+    untested: int
+    passed: bool
+
+
+@dataclass
+class VerifyReport:
+    families: list[FamilyCheck] = field(default_factory=list)
+    invariance: float | None = None
+    probes: int = 0
+
+    @property
+    def checked(self) -> int:
+        return sum(f.count for f in self.families)
+
+    @property
+    def failed(self) -> int:
+        return sum(f.count for f in self.families if not f.passed)
+
+    @property
+    def max_ratio(self) -> float:
+        return max((f.max_ratio for f in self.families), default=0.0)
+
+    @property
+    def max_ratio_exact(self) -> float:
+        return max((f.max_ratio for f in self.families if f.exactness == "exact"), default=0.0)
+
+    @property
+    def ok(self) -> bool:
+        return self.failed == 0
+
+    def to_dict(self) -> dict:
+        return {"checked": self.checked, "failed": self.failed, "max_ratio": self.max_ratio,
+                "max_ratio_exact": self.max_ratio_exact, "probes": self.probes,
+                "invariance_rel_diff": self.invariance,
+                "families": [f.__dict__ for f in self.families]}
+
+
+def flat_outputs(out: Any) -> list[torch.Tensor]:
+    if isinstance(out, torch.Tensor):
+        return [out]
+    if isinstance(out, dict) or hasattr(out, "to_tuple"):
+        vals = out.values() if isinstance(out, dict) else out.to_tuple()
+        return [t for v in vals for t in flat_outputs(v)]
+    if isinstance(out, (list, tuple)):
+        return [t for v in out for t in flat_outputs(v)]
+    return []
+
+
+def probe_model(model: nn.Module, seed: int = 0, lower_eps: bool = True) -> nn.Module:
+    """A float64 copy of ``model`` with perturbed (generic) parameters, in the same mode."""
+    g = torch.Generator().manual_seed(seed)
+    m = copy.deepcopy(model).double()
+    with torch.no_grad():
+        for p in m.parameters():
+            scale = max(float(p.detach().float().std()) if p.numel() > 1 else 0.0, 0.05)
+            p.add_(torch.randn(p.shape, generator=g, dtype=p.dtype) * 0.5 * scale)
+    if lower_eps:
+        for mod in m.modules():
+            for attr in ("eps", "variance_epsilon"):
+                if isinstance(getattr(mod, attr, None), float):
+                    setattr(mod, attr, 1e-12)
+    return m
+
+
+def random_inputs(example: tuple, kwargs: dict | None, seed: int) -> tuple[tuple, dict]:
+    g = torch.Generator().manual_seed(1000 + seed)
+
+    def rnd(x):
+        if isinstance(x, torch.Tensor):
+            if x.is_floating_point():
+                return torch.randn(x.shape, generator=g, dtype=torch.float64) * (float(x.std()) if x.numel() > 1 and float(x.std()) > 0 else 1.0)
+            if x.dtype == torch.bool:
+                return x.clone()
+            hi = int(x.max()) + 1 if x.numel() else 1
+            return torch.randint(0, max(hi, 2), x.shape, generator=g, dtype=x.dtype)
+        return x
+
+    return tuple(rnd(x) for x in example), {k: rnd(v) for k, v in (kwargs or {}).items()}
+
+
+def _cotangent(outs: list[torch.Tensor], head: str | None, g: torch.Generator) -> list[torch.Tensor]:
+    vs = []
+    for o in outs:
+        v = torch.randn(o.shape, generator=g, dtype=o.dtype)
+        if head == "classification":
+            v = v - v.mean(-1, keepdim=True)
+        vs.append(v)
+    return vs
+
+
+def verify(ann, probes: int = 3, seed: int = 0, model: nn.Module | None = None,
+           invariance: bool = True) -> VerifyReport:
+    """Run the oracle on every law of ``ann`` (see module docstring)."""
+    model = model if model is not None else ann.model
+    if model is None:
+        raise ValueError("verify needs the model (annotate was given none)")
+    report = VerifyReport(probes=probes)
+    worst: dict[str, float] = {f.name: 0.0 for f in ann.families}
+    untested: dict[str, int] = {f.name: 0 for f in ann.families}
+    for k in range(probes):
+        m = probe_model(model, seed + k)
+        m.train(ann.training)
+        params = dict(m.named_parameters())
+        trainable = {n: p for n, p in params.items() if p.requires_grad}
+        args, kwargs = random_inputs(ann.example_inputs, ann.example_kwargs, seed + k)
+        gen = torch.Generator().manual_seed(2000 + seed + k)
+        torch.manual_seed(3000 + seed + k)  # dropout masks
+        outs = [o for o in flat_outputs(m(*args, **kwargs)) if o.is_floating_point() and o.requires_grad]
+        vs = _cotangent(outs, ann.head, gen)
+        s = sum((o * v).sum() for o, v in zip(outs, vs))
+        grads = torch.autograd.grad(s, list(trainable.values()), allow_unused=True)
+        gd = {n: (gr if gr is not None else torch.zeros_like(p)) for (n, p), gr in zip(trainable.items(), grads)}
+        theta = {n: p.detach() for n, p in params.items()}
+        for n in theta:
+            gd.setdefault(n, torch.zeros_like(theta[n]))
+        gnorm = math.sqrt(sum(float(x.square().sum()) for x in gd.values()))
+        with torch.no_grad():
+            for f in ann.families:
+                d = f.directional(theta, gd).abs()
+                n1 = f.grad_norm(theta)
+                n2 = f.support_norm(gd)
+                live = n2 > 1e-10 * max(gnorm, 1e-300)
+                r = torch.where(live, d / (n1 * n2).clamp_min(1e-300), torch.zeros_like(d))
+                worst[f.name] = max(worst[f.name], float(r.max()) if r.numel() else 0.0)
+                if k == probes - 1:
+                    untested[f.name] = int((~live).sum())
+    for f in ann.families:
+        tol = EXACT_TOL if f.exactness == "exact" else EPS_TOL
+        report.families.append(FamilyCheck(f.name, f.kind, f.exactness, f.count, worst[f.name],
+                                           untested[f.name], worst[f.name] <= tol))
+    if invariance:
+        report.invariance = invariance_check(ann, model, seed)
+    return report
+
+
+def random_group_element(ann, params: dict[str, torch.Tensor], gen: torch.Generator, t: float = 0.3) -> None:
+    """Apply, in place, a random element of every family's symmetry group to ``params``."""
+    for f in ann.families:
+        if f.form == "diag":
+            lam = torch.randn(f.count, generator=gen, dtype=torch.float64) * t
+            for term in f.terms:
+                p = params[term.param]
+                _scale_slices(p, term, lam * term.coef)
+        elif f.form == "linear":
+            shift = torch.randn(f.count, generator=gen, dtype=torch.float64) * t
+            for term in f.terms:
+                _shift_slices(params[term.param], term, shift * term.coef)
+        elif f.form == "gram":
+            r = f.terms[0].index.shape[1]
+            G = torch.eye(r, dtype=torch.float64) + t * torch.randn(f.blocks, r, r, generator=gen, dtype=torch.float64) / math.sqrt(r)
+            for term in f.terms:
+                p = params[term.param]
+                M = torch.movedim(p, term.axis, 0)
+                idx = torch.as_tensor(term.index)
+                for b in range(f.blocks):
+                    rows = M[idx[b]].reshape(r, -1)
+                    T = G[b] if term.coef > 0 else torch.linalg.inv(G[b]).T
+                    M[idx[b]] = (T @ rows).reshape(M[idx[b]].shape)
+
+
+def _expand_reduced(p: torch.Tensor, term, vec: torch.Tensor) -> torch.Tensor:
+    """Broadcast a vector over a term's reduced index space back to the parameter's shape."""
+    red = term.reducer
+    if red == "sq0":
+        return vec.reshape((-1,) + (1,) * (p.dim() - 1)).expand(p.shape)
+    if red == "sq1":
+        out, ipg = p.shape[0], p.shape[1]
+        m = vec.reshape(term.groups, ipg).repeat_interleave(out // term.groups, 0)
+        return m.reshape(out, ipg, *([1] * (p.dim() - 2))).expand(p.shape)
+    if red in ("sq", "entry"):
+        return vec.reshape(p.shape)
+    if red == "sum0":
+        return vec.reshape(p.shape[1:]).unsqueeze(0).expand(p.shape)
+    if red == "sum1":
+        return vec.reshape(p.shape[0], *p.shape[2:]).unsqueeze(1).expand(p.shape)
+    if red == "sumlast":
+        return vec.reshape(p.shape[:-1]).unsqueeze(-1).expand(p.shape)
+    if red == "total":
+        return vec.reshape(()).expand(p.shape)
+    raise ValueError(red)
+
+
+def _per_slice(p: torch.Tensor, term, values: torch.Tensor) -> torch.Tensor:
+    from .lawset import reduce_tensor
+
+    size = reduce_tensor(torch.zeros_like(p), term.reducer, term.groups).numel()
+    idx = torch.as_tensor(term.index)
+    acc = torch.zeros(size, dtype=torch.float64)
+    acc.index_add_(0, idx.reshape(-1), values.repeat_interleave(idx.shape[1]))
+    return _expand_reduced(p, term, acc)
+
+
+def _scale_slices(p: torch.Tensor, term, rates: torch.Tensor) -> None:
+    p.mul_(torch.exp(_per_slice(p, term, rates) / 2))
+
+
+def _shift_slices(p: torch.Tensor, term, shifts: torch.Tensor) -> None:
+    p.add_(_per_slice(p, term, shifts))
+
+
+def invariance_check(ann, model: nn.Module, seed: int = 0, max_laws: int = 20000) -> float | None:
+    """Relative output change after a random group element of every family (eps lowered)."""
+    if ann.total_laws > max_laws or ann.total_laws == 0:
+        return None
+    m = probe_model(model, seed)
+    m.train(ann.training)
+    args, kwargs = random_inputs(ann.example_inputs, ann.example_kwargs, seed)
+    torch.manual_seed(7)
+    with torch.no_grad():
+        before = flat_outputs(m(*args, **kwargs))
+        params = dict(m.named_parameters())
+        random_group_element(ann, params, torch.Generator().manual_seed(seed + 99))
+        torch.manual_seed(7)
+        after = flat_outputs(m(*args, **kwargs))
+    worst = 0.0
+    for a, b in zip(before, after):
+        if not a.is_floating_point():
+            continue
+        if ann.head == "classification":
+            a, b = a - a.mean(-1, keepdim=True), b - b.mean(-1, keepdim=True)
+        worst = max(worst, float((a - b).norm() / a.norm().clamp_min(1e-300)))
+    return worst
