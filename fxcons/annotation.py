@@ -55,6 +55,29 @@ class Annotation:
 
         return to_python(self.laws, **kw)
 
+    def to_onnx(self, path: str, drift: bool = False) -> str:
+        """Write an ONNX law checker (inputs: parameters; outputs: one per family)."""
+        from .codegen.onnx import write_onnx
+
+        return write_onnx(self.laws, path, drift=drift)
+
+    def to_sympy(self) -> dict:
+        """Each family as a sympy expression over indexed parameter symbols."""
+        from .codegen.symbolic import to_sympy
+
+        return to_sympy(self.laws)
+
+    def to_latex(self) -> str:
+        from .codegen.symbolic import to_latex
+
+        return to_latex(self.laws)
+
+    def coupling_graph(self):
+        """networkx graph: parameters and units as nodes, law families as hyperedges."""
+        from .graph import coupling_graph
+
+        return coupling_graph(self.laws)
+
     def report(self) -> str:
         from .report import render_text
 
