@@ -109,3 +109,57 @@ def dedupe_names(fams: list[LawFamily]) -> None:
         n = seen.get(base, 0)
         seen[base] = n + 1
         f.name = base if n == 0 else f"{base}#{n + 1}"
+
+
+def _diag_law_keys(fam: LawFamily) -> list[frozenset]:
+    """Per law of a diag family: the set of (param, reducer-axis, index, coef) it sums."""
+    keys = []
+    for u in range(fam.blocks):
+        items = []
+        for t in fam.terms:
+            for i in t.index[u].tolist():
+                items.append((t.param, t.reducer, t.groups, int(i), float(t.coef)))
+        keys.append(frozenset(items))
+    return keys
+
+
+def _gram_diagonal_keys(gram: LawFamily) -> set[frozenset]:
+    """The diagonal entries of a gram family written as diag-law keys (row slices of θ)."""
+    keys = set()
+    r = gram.terms[0].index.shape[1]
+    for b in range(gram.blocks):
+        for j in range(r):
+            items = []
+            for t in gram.terms:
+                i = int(t.index[b, j])
+                red = {0: "sq0", 1: "sq1"}.get(t.axis)
+                if red is None:
+                    return set()
+                items.append((t.param, red, 1, i, float(t.coef)))
+            keys.add(frozenset(items))
+    return keys
+
+
+def remove_subsumed(fams: list[LawFamily], gram: LawFamily) -> list[LawFamily]:
+    """Drop diag laws that are diagonal entries of ``gram`` (GL(r) contains the rescalings).
+
+    A 1-D parameter (bias) slice ``b[i]`` is written with reducer ``sq`` in diag laws and as
+    axis-0 rows in gram terms; both spell the same square, so they are matched as equal.
+    """
+    target = {frozenset((p, "sq0" if red == "sq" else red, g, i, c) for p, red, g, i, c in k)
+              for k in _gram_diagonal_keys(gram)}
+    out = []
+    for f in fams:
+        if f.form != "diag":
+            out.append(f)
+            continue
+        keys = _diag_law_keys(f)
+        norm = [frozenset((p, "sq0" if red == "sq" else red, g, i, c) for p, red, g, i, c in k) for k in keys]
+        keep = [u for u, k in enumerate(norm) if k not in target]
+        if len(keep) == len(norm):
+            out.append(f)
+        elif keep:
+            for t in f.terms:
+                t.index = t.index[keep]
+            out.append(f)
+    return out
