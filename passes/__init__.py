@@ -12,3 +12,11 @@ from .rescale import RULES as SCALE_RULES
 #: passes run after the diagonal engine: each takes (captured, head, families) and returns
 #: (families, breakers); a pass may replace diagonal laws it subsumes (GL contains rescaling).
 PIPELINE: list = []
+
+from .translation import translation_pass  # noqa: E402
+
+PIPELINE.append(translation_pass)
+
+from .gl import gl_pass  # noqa: E402
+
+PIPELINE.append(gl_pass)

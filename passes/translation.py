@@ -1,0 +1,504 @@
+"""Translation (linear) laws, LAWS.md §3.5: θ → θ + t·c leaves the model unchanged.
+
+A candidate direction c on a parameter slice makes a first-order *tangent* δ at the output of
+the layer that uses it. The tangent is tracked abstractly as the set F of axes along which it
+is constant (a bias entry: constant over every axis but the feature axis; W + 1uᵀ: constant
+along the output-feature axis, i.e. a multiple of the ones vector). Rules say how an op maps F
+(reshape/permute/add carry it, a Linear makes it vary along its output axis, anything
+non-linear breaks it) and which ops *absorb* it:
+
+* BatchNorm (training) absorbs a tangent constant over batch and spatial axes,
+* LayerNorm / GroupNorm absorb a tangent constant over the normalized axes,
+* softmax / log-softmax absorb one constant along their axis, and so does the model output
+  when the user declares a classification head.
+
+A candidate whose tangent is absorbed on every path is a law ⟨c, θ⟩. Candidates tried per
+parameter: per entry (a bias, a BatchNorm β), then the sum direction; for weights the column
+sums (W + 1uᵀ), for embeddings and raw tensors the sums over the last axis (one per row).
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch.fx as fx
+
+from fxcons.lawset import LawFamily, Term
+from fxcons.ops import ParamRef
+
+class _Broken:
+    def __repr__(self) -> str:
+        return "BROKEN"
+
+
+BROKEN = _Broken()  # a tangent no rule can absorb any more
+
+
+def _ndim(node) -> int:
+    v = node.meta.get("val") if isinstance(node, fx.Node) else None
+    return v.dim() if hasattr(v, "dim") else 0
+
+
+def _shape(node):
+    v = node.meta.get("val") if isinstance(node, fx.Node) else None
+    return tuple(v.shape) if hasattr(v, "shape") else None
+
+
+def _with_unit_axes(F: frozenset, shape) -> frozenset:
+    return F | {i for i, s in enumerate(shape or ()) if s == 1}
+
+
+# ----------------------------------------------------------------------------- rules
+# each rule: (node, view, tangents: list[F | None per operand]) -> F | BROKEN | "absorbed"
+
+ABSORBED = "absorbed"
+
+
+def _carry(node, v, T):
+    F = T[0]
+    return F
+
+
+def _broken(node, v, T):
+    return BROKEN
+
+
+def _linear_t(node, v, T):
+    if T[0] is None:
+        return None
+    nd = _ndim(node)
+    return T[0] - {nd - 1}
+
+
+def _conv_t(node, v, T):
+    if T[0] is None:
+        return None
+    # zero padding and the kernel mix channels and positions: only the batch axis stays flat
+    return frozenset({0}) & T[0] if _ndim(node) > 1 else frozenset()
+
+
+def _batch_norm_t(node, v, T):
+    F = T[0]
+    nd = _ndim(node)
+    if v.attrs.get("training") and F is not None:
+        need = {a for a in range(nd) if a != (1 if nd > 1 else 0)}
+        if need <= F:
+            return ABSORBED
+    return BROKEN if F is not None else None
+
+
+def _layer_norm_t(node, v, T):
+    F = T[0]
+    nd = _ndim(node)
+    if F is None:
+        return None
+    need = set(range(nd - int(v.attrs["ndim"]), nd))
+    return ABSORBED if need <= F else BROKEN
+
+
+def _group_norm_t(node, v, T):
+    F = T[0]
+    if F is None:
+        return None
+    return ABSORBED if set(range(1, _ndim(node))) <= F else BROKEN
+
+
+def _softmax_t(node, v, T):
+    F = T[0]
+    if F is None:
+        return None
+    return ABSORBED if (v.attrs["dim"] % _ndim(node)) in F else BROKEN
+
+
+def _permute_t(node, v, T):
+    F = T[0]
+    if F is None:
+        return None
+    perm = v.attrs["perm"]
+    return frozenset(i for i, p in enumerate(perm) if p in F)
+
+
+def _reshape_t(node, v, T):
+    F = T[0]
+    if F is None:
+        return None
+    from passes.rescale import _reshape_groups
+
+    ins, outs = _shape(v.ins[0]), _shape(node)
+    groups = _reshape_groups(tuple(ins), tuple(outs))
+    if groups is None:
+        return frozenset()
+    out = set()
+    for gi, go in groups:
+        if all(a in F or ins[a] == 1 for a in gi):
+            out.update(go)
+    return frozenset(out)
+
+
+def _expand_t(node, v, T):
+    F = T[0]
+    if F is None:
+        return None
+    ins, outs = _shape(v.ins[0]), _shape(node)
+    off = len(outs) - len(ins)
+    return frozenset(set(range(off)) | {a + off for a in F} | {a + off for a, s in enumerate(ins) if s == 1})
+
+
+def _index_t(node, v, T):
+    F = T[0]
+    if F is None:
+        return None
+    idx = v.attrs["index"]
+    idx = idx if isinstance(idx, tuple) else (idx,)
+    if any(isinstance(i, (fx.Node, list)) or hasattr(i, "shape") for i in idx):
+        return BROKEN
+    nin = _ndim(v.ins[0])
+    n_real = sum(1 for i in idx if i is not None and i is not Ellipsis)
+    full = []
+    for i in idx:
+        full += [slice(None)] * (nin - n_real) if i is Ellipsis else [i]
+    full += [slice(None)] * (nin - sum(1 for i in full if i is not None))
+    out, a, o = set(), 0, 0
+    for i in full:
+        if i is None:
+            out.add(o); o += 1
+        elif isinstance(i, int):
+            a += 1
+        else:
+            if a in F:
+                out.add(o)
+            a += 1; o += 1
+    return frozenset(out)
+
+
+def _split_t(node, v, T):
+    F = T[0]
+    outs = node.meta.get("val")
+    if F is None:
+        return tuple(None for _ in outs)
+    if v.attrs.get("squeeze"):
+        d = v.attrs["dim"]
+        F2 = frozenset(a - (a > d) for a in F if a != d)
+        return tuple(F2 for _ in outs)
+    return tuple(F for _ in outs)
+
+
+def _pick_t(node, v, T):
+    F = T[0]
+    if F is None or F is BROKEN:
+        return F
+    return F[v.attrs["i"]] if isinstance(F, tuple) else F
+
+
+def _align(F, shape_in, shape_out):
+    off = len(shape_out) - len(shape_in)
+    return frozenset(set(range(off)) | {a + off for a in F})
+
+
+def _add_t(node, v, T):
+    live = [(x, F) for x, F in zip(v.ins, T) if F is not None]
+    if not live:
+        return None
+    out = _shape(node)
+    res = None
+    for x, F in live:
+        F = _align(F, _shape(x), out)
+        res = F if res is None else res & F
+    return _with_unit_axes(res, out)
+
+
+def _mul_t(node, v, T):
+    out = _shape(node)
+    res = None
+    for k, (x, F) in enumerate(zip(v.ins, T)):
+        if F is None:
+            continue
+        other = v.ins[1 - k]
+        F = _align(F, _shape(x), out)
+        oshape = _shape(other)
+        if oshape is not None:  # multiplied by a tensor: constant only where it is
+            const = {a + len(out) - len(oshape) for a, s in enumerate(oshape) if s == 1} | set(range(len(out) - len(oshape)))
+            F = F & frozenset(const)
+        res = F if res is None else res & F
+    return res
+
+
+def _div_t(node, v, T):
+    if T[1] is not None:
+        return BROKEN
+    return _mul_t(node, v, [T[0], None])
+
+
+def _reduce_t(node, v, T):
+    F = T[0]
+    if F is None:
+        return None
+    if v.attrs["fn"] not in ("sum", "mean", "nansum", "nanmean"):
+        return BROKEN
+    dims = v.attrs["dims"]
+    if v.attrs["keepdim"]:
+        return F | frozenset(dims)
+    keep = [a for a in range(_ndim(v.ins[0])) if a not in dims]
+    return frozenset(i for i, a in enumerate(keep) if a in F)
+
+
+def _pool_t(node, v, T):
+    F = T[0]
+    if F is None:
+        return None
+    nd = _ndim(node)
+    k = int(v.attrs.get("k") or nd - 2)
+    spatial = set(range(nd - k, nd))
+    if "adaptive_avg" in v.attrs.get("fn", "").lower() or "AdaptiveAvg" in v.attrs.get("fn", ""):
+        return F
+    return F - spatial
+
+
+def _cat_t(node, v, T):
+    live = [(x, F) for x, F in zip(v.ins, T) if F is not None]
+    if not live:
+        return None
+    res = None
+    for x, F in live:
+        res = F if res is None else res & F
+    return res - {v.attrs["dim"]}
+
+
+def _matmul_t(node, v, T):
+    Fa, Fb = T[0], T[1]
+    if Fa is None and Fb is None:
+        return None
+    if Fa is not None and Fb is not None:
+        return BROKEN
+    na, nb, no = _ndim(v.ins[0]), _ndim(v.ins[1]), _ndim(node)
+    if na < 2 or nb < 2:
+        return BROKEN
+    if Fa is not None:
+        batch = {a + no - na for a in Fa if a < na - 2}
+        row = {no - 2} if (na - 2) in Fa else set()
+        return frozenset(batch | row | set(range(no - na)))
+    batch = {a + no - nb for a in Fb if a < nb - 2}
+    col = {no - 1} if (nb - 1) in Fb else set()
+    return frozenset(batch | col | set(range(no - nb)))
+
+
+def _sdpa_t(node, v, T):
+    Fq, Fk, Fv = (list(T) + [None] * 3)[:3]
+    if Fq is not None:
+        return BROKEN
+    nk = _ndim(v.ins[1])
+    if Fk is not None and (nk - 2) not in Fk:
+        return BROKEN
+    if Fv is None:
+        return None if Fk is None else None  # key tangent absorbed by the softmax over keys
+    nv = _ndim(v.ins[2])
+    if (nv - 2) not in Fv:
+        return BROKEN
+    return Fv  # softmax rows sum to one: P @ (1 ⊗ c) = 1 ⊗ c
+
+
+RULES = {
+    "identity": _carry, "linear": _linear_t, "conv": _conv_t, "batch_norm": _batch_norm_t,
+    "layer_norm": _layer_norm_t, "group_norm": _group_norm_t, "softmax": _softmax_t,
+    "permute": _permute_t, "reshape": _reshape_t, "expand": _expand_t, "index": _index_t,
+    "split": _split_t, "pick": _pick_t, "add": _add_t, "mul": _mul_t, "div": _div_t,
+    "reduce": _reduce_t, "pool": _pool_t, "cat": _cat_t, "matmul": _matmul_t, "sdpa": _sdpa_t,
+    "stack": _cat_t,
+}
+
+
+def _dropout_t(node, v, T):
+    return BROKEN if (v.attrs.get("active") and T[0] is not None) else T[0]
+
+
+RULES["dropout"] = _dropout_t
+
+
+# ----------------------------------------------------------------------------- propagation
+
+def propagate(cap, starts: dict[fx.Node, frozenset], head: str | None) -> bool:
+    """True if the tangents injected at ``starts`` are absorbed on every path."""
+    nodes = list(cap.gm.graph.nodes)
+    pos = {n: i for i, n in enumerate(nodes)}
+    T: dict[fx.Node, object] = dict(starts)
+    first = min(pos[n] for n in starts)
+    for node in nodes[first:]:
+        if node in starts:
+            continue
+        v = node.meta["fxc"]
+        ins_t = [T.get(x) if isinstance(x, fx.Node) else None for x in v.ins]
+        if all(t is None for t in ins_t):
+            continue
+        if v.kind == "output":
+            outs = _leaves(v.ins[0])
+            for o in outs:
+                F = T.get(o)
+                if F is None:
+                    continue
+                if head == "classification" and (_ndim(o) - 1) in F:
+                    continue
+                return False
+            continue
+        rule = RULES.get(v.kind)
+        if rule is None:
+            return False
+        res = rule(node, v, ins_t)
+        if res is BROKEN:
+            return False
+        if res is ABSORBED:
+            continue
+        if res is not None:
+            T[node] = res if isinstance(res, tuple) else _with_unit_axes(res, _shape(node))
+    return True
+
+
+def _leaves(x):
+    if isinstance(x, (list, tuple)):
+        for y in x:
+            yield from _leaves(y)
+    elif isinstance(x, dict):
+        for y in x.values():
+            yield from _leaves(y)
+    elif isinstance(x, fx.Node):
+        yield x
+
+
+# ----------------------------------------------------------------------------- candidates
+
+def _sites(cap):
+    """param name -> list of (node, operand position, view)."""
+    out: dict[str, list] = {}
+    for node in cap.gm.graph.nodes:
+        v = node.meta["fxc"]
+        for i, x in enumerate(v.ins):
+            if isinstance(x, ParamRef):
+                out.setdefault(x.name, []).append((node, i, v))
+    return out
+
+
+def _start_tangent(node, v, pos: int, direction: str):
+    """F at the output of the site for a direction on the parameter at operand ``pos``.
+
+    directions: 'entry' (one entry of a vector), 'total' (all ones), 'ones_out' (W + 1uᵀ,
+    one u entry: a multiple of the ones vector along the output features), 'row' (one row of a
+    table/raw tensor shifted by a multiple of ones along the last axis).
+    """
+    nd = _ndim(node)
+    if nd == 0:
+        return BROKEN
+    kind = v.kind
+    if kind in ("linear", "conv", "batch_norm", "layer_norm", "group_norm", "rms_norm"):
+        feat = nd - 1 if kind in ("linear", "layer_norm", "rms_norm") else (1 if nd > 1 else 0)
+        if kind in ("layer_norm", "rms_norm") and pos == 1 or kind in ("batch_norm", "group_norm") and pos == 1:
+            return BROKEN  # γ multiplies the normalized input: its shift is not constant
+        if kind == "rms_norm":
+            return BROKEN
+        is_weight = kind in ("linear", "conv") and pos == 1
+        if not is_weight:  # a bias / β: constant over everything but (for 'entry') the feature axis
+            if direction == "entry":
+                if kind == "layer_norm" and int(v.attrs["ndim"]) > 1:
+                    return BROKEN
+                return frozenset(a for a in range(nd) if a != feat)
+            if direction == "total":
+                return frozenset(range(nd))
+            return BROKEN
+        if direction in ("ones_out", "total"):
+            if kind == "conv" and v.attrs.get("groups", 1) != 1:
+                return BROKEN
+            return frozenset({feat})
+        return BROKEN
+    if kind == "embedding" and pos == 1:
+        if direction in ("row", "total"):
+            return frozenset({nd - 1}) if direction == "row" else frozenset(range(nd))
+        return BROKEN
+    if kind in ("add",):  # a raw parameter added to a tensor
+        if direction == "row":
+            return frozenset({nd - 1})
+        if direction == "total":
+            return frozenset(range(nd))
+    return BROKEN
+
+
+# reducer (law) for each (site kind, direction)
+def _law_reducer(kind: str, direction: str, layout: str, ndim: int) -> str:
+    if direction == "total":
+        return "total"
+    if direction == "entry":
+        return "entry"
+    if direction == "ones_out":
+        return "sum1" if layout == "in_out" else "sum0"
+    return "sumlast"
+
+
+def translation_pass(cap, head, fams):
+    sites = _sites(cap)
+    new: list[LawFamily] = []
+    for name, uses in sites.items():
+        info = cap.params.get(name)
+        if info is None or not info.trainable:
+            continue
+        kinds = {v.kind for _, _, v in uses}
+        single = len(uses) == 1
+        node0, pos0, v0 = uses[0]
+        is_weight = v0.kind in ("linear", "conv") and pos0 == 1
+        is_vector = len(info.shape) == 1
+        if single and is_vector and not is_weight:
+            plan = ["entry", "total"]
+        elif single and is_weight:
+            plan = ["ones_out"]
+        elif single and (v0.kind == "embedding" or v0.kind == "add"):
+            plan = ["row", "total"]
+        else:
+            plan = ["total"]
+        for direction in plan:
+            starts = {}
+            ok = True
+            for node, pos, v in uses:
+                if v.kind == "linear" and pos == 1 and v.attrs.get("layout") == "in_out" and direction == "ones_out":
+                    pass
+                F = _start_tangent(node, v, pos, direction)
+                if F is BROKEN:
+                    ok = False
+                    break
+                F = _with_unit_axes(F, _shape(node))
+                starts[node] = starts[node] & F if node in starts else F
+            if not ok or not propagate(cap, starts, head):
+                continue
+            layout = v0.attrs.get("layout", "out_in")
+            red = _law_reducer(v0.kind, direction, layout, len(info.shape))
+            size = _reduced_size(info.shape, red)
+            idx = np.arange(size, dtype=np.int64)[:, None]
+            if red == "entry" and len(info.shape) != 1:
+                continue
+            new.append(LawFamily(f"{name.rsplit('.', 1)[0]}.{name.rsplit('.', 1)[-1]}", "translation", "exact",
+                                 "linear", [Term(name, red, 1.0, idx)], where=name.rsplit(".", 1)[0],
+                                 note=f"θ + t·c with c = {direction} direction is absorbed downstream"))
+            break
+    return _drop_conserved_squares(fams, new) + new, []
+
+
+def _drop_conserved_squares(fams: list[LawFamily], linear: list[LawFamily]) -> list[LawFamily]:
+    """A bias whose every entry is a linear law (BatchNorm in front) is conserved itself: its
+    squares are dropped from quadratic laws, giving the simpler equivalent set of LAWS.md
+    (e.g. ‖conv.W[c]‖² alone rather than ‖conv.W[c]‖² + b_c²)."""
+    conserved = {t.param for f in linear for t in f.terms if t.reducer == "entry"}
+    out = []
+    for f in fams:
+        if f.form == "diag" and any(t.param in conserved and t.reducer == "sq" for t in f.terms):
+            terms = [t for t in f.terms if not (t.param in conserved and t.reducer == "sq")]
+            if not terms:
+                continue
+            f.terms = terms
+        out.append(f)
+    return out
+
+
+def _reduced_size(shape, red: str) -> int:
+    n = int(np.prod(shape))
+    if red in ("entry",):
+        return n
+    if red == "sum0":
+        return n // shape[0]
+    if red == "sum1":
+        return n // shape[1]
+    if red == "sumlast":
+        return n // shape[-1]
+    return 1
