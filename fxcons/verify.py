@@ -153,7 +153,7 @@ def verify(ann, probes: int = 3, seed: int = 0, model: nn.Module | None = None,
                 d = f.directional(theta, gd).abs()
                 n1 = f.grad_norm(theta)
                 n2 = f.support_norm(gd)
-                live = n2 > 1e-10 * max(gnorm, 1e-300)
+                live = n2 > 1e-7 * max(gnorm, 1e-300)  # else the probe cannot see this law (dead unit, degenerate BN)
                 r = torch.where(live, d / (n1 * n2).clamp_min(1e-300), torch.zeros_like(d))
                 worst[f.name] = max(worst[f.name], float(r.max()) if r.numel() else 0.0)
                 if k == probes - 1:

@@ -324,18 +324,17 @@ def propagate(cap, starts: dict[fx.Node, frozenset], head: str | None) -> bool:
         if node in starts:
             continue
         v = node.meta["fxc"]
-        ins_t = [T.get(x) if isinstance(x, fx.Node) else None for x in v.ins]
-        if all(t is None for t in ins_t):
-            continue
-        if v.kind == "output":
-            outs = _leaves(v.ins[0])
-            for o in outs:
+        if v.kind == "output":  # operands are nested in a tuple/dict: check every leaf
+            for o in _leaves(v.ins[0]):
                 F = T.get(o)
                 if F is None:
                     continue
-                if head == "classification" and (_ndim(o) - 1) in F:
+                if head == "classification" and not isinstance(F, tuple) and (_ndim(o) - 1) in F:
                     continue
                 return False
+            continue
+        ins_t = [T.get(x) if isinstance(x, fx.Node) else None for x in v.ins]
+        if all(t is None for t in ins_t):
             continue
         rule = RULES.get(v.kind)
         if rule is None:
