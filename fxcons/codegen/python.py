@@ -170,7 +170,8 @@ def main(argv: list[str] | None = None) -> int:
         print()
         return 0
     width = max([len(n) for n in summary] + [6])
-    print(f"{args.checkpoint}: {len(summary)} families, {sum(s['count'] for s in summary.values())} laws")
+    n_fam, n_laws = len(summary), sum(s["count"] for s in summary.values())
+    print(f"{args.checkpoint}: {n_fam} famil{'y' if n_fam == 1 else 'ies'}, {n_laws} law{'' if n_laws == 1 else 's'}")
     print(f"{'family':<{width}}  {'kind':<12} {'exact':<5} {'count':>6} {'max |h|':>12} {'mean':>12}")
     for name, s in summary.items():
         print(f"{name:<{width}}  {s['kind']:<12} {s['exactness']:<5} {s['count']:>6} "
@@ -203,13 +204,15 @@ class _Emitter:
         pat = index_pattern(index)
         if pat is not None and pat[1] == k * pat[2] and pat[2] == 1:
             s = pat[0]
-            expr = f"torch.arange({s}, {s + n * k}).reshape({n}, {k})"
+            rng = f"{s}, {s + n * k}" if s else f"{n * k}"
+            expr = f"torch.arange({rng}).reshape({n}, {k})"
         elif pat is not None:
-            s, a, b = pat
-            expr = f"{s} + {a} * torch.arange({n})[:, None] + {b} * torch.arange({k})"
+            expr = _affine_expr(*pat, n, k)
         elif k > 1 and all(index_pattern(row[None, :]) is not None and
                            (index_pattern(row[None, :])[2] == 1) for row in index):
             expr = f"torch.tensor({_wrap_list(index[:, 0].tolist(), 8)})[:, None] + torch.arange({k})"
+        elif k == 1:
+            expr = f"torch.tensor({_wrap_list(index[:, 0].tolist(), 8)})[:, None]"
         else:
             expr = f"torch.tensor({_wrap_list(index.tolist(), 8)})"
         self.constant_lines.append(f"{name} = {expr}")
@@ -282,6 +285,30 @@ class _Emitter:
         else:
             lines.append(f"    {target}[{fam.name!r}] = {comb}")
         return lines
+
+
+def _affine_expr(s: int, a: int, b: int, n: int, k: int) -> str:
+    """Python for the (n, k) array s + a·u + b·k, without zero or unit factors."""
+    if (a == 0 or n == 1) and (b == 0 or k == 1):
+        return f"torch.full(({n}, {k}), {s})"
+
+    def lin(c: int, var: str) -> str:
+        return var if c == 1 else f"-{var}" if c == -1 else f"{c} * {var}"
+
+    parts = []
+    if a != 0 and n > 1:
+        parts.append(lin(a, f"torch.arange({n})") + ("[:, None]" if k > 1 else ""))
+    if b != 0 and k > 1:
+        parts.append(lin(b, f"torch.arange({k})"))
+    terms = ([str(s)] if s else []) + parts
+    expr = terms[0]
+    for q in terms[1:]:
+        expr += f" - {q[1:]}" if q.startswith("-") else f" + {q}"
+    if k == 1:
+        expr = f"({expr})[:, None]" if (n > 1 and a != 0) else f"{expr}.expand({n}, 1)"
+    if b != 0 and k > 1 and not (a != 0 and n > 1):
+        expr = f"({expr}).expand({n}, {k})"
+    return expr
 
 
 def _reduced_size(shape: tuple, reducer: str, groups: int) -> int:
