@@ -49,6 +49,9 @@ def scale_families(A: ScaleAnalysis) -> list[LawFamily]:
     ends = np.concatenate([bounds, [len(cls_sorted)]])
     members = {int(cls_sorted[s]): order[s:e] for s, e in zip(starts, ends)}
     kernel = sol.kernel(np.array(list(members.keys())))
+    # input-side (column) unknowns u_in enter a weight's rate as −u_in
+    in_red = {n: ("sq1" if pv.out_axis == 0 else "sq0") for n, pv in A.params.items() if pv.role == "matrix"}
+    slot_sign = [-1 if in_red.get(n) == red else 1 for n, red, _ in slot_keys]
     # law = list of (slot, index, coef)
     groups: dict[tuple, list[list[tuple[int, int, Fraction]]]] = defaultdict(list)
     for kv in kernel:
@@ -58,7 +61,7 @@ def scale_families(A: ScaleAnalysis) -> list[LawFamily]:
             if m is None:
                 continue
             for s, i in zip(slot[m].tolist(), idx[m].tolist()):
-                terms.append((s, i, coef))
+                terms.append((s, i, coef * slot_sign[s]))
         if not terms:
             continue
         terms.sort(key=lambda t: (t[0], float(t[2]), t[1]))

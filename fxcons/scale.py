@@ -2,8 +2,8 @@
 
 Each tensor of the graph carries an array of unknown ids (same ndim as the tensor, size 1 on
 axes where its scale does not vary): "this coordinate is multiplied by exp(t·x_id)". Each
-parameter carries per-axis unknowns ``u_a`` so that entry ``[i0, i1, ...]`` of a weight is scaled
-by ``exp(t·(u_0[i0] + u_1[i1]))`` (per entry for vectors and raw tensors). Rules (see
+parameter carries per-axis unknowns so that entry ``[j, i, ...]`` of a weight is scaled
+by ``exp(t·(u_out[j] − u_in[i]))`` (per entry for vectors and raw tensors). Rules (see
 ``fxcons.passes.rescale``) add linear equations; the kernel of the system is the space of all
 diagonal symmetries, and each kernel vector ``w`` gives the conservation law
 
@@ -39,6 +39,7 @@ class ParamVars:
     entries: np.ndarray | None = None
     groups: int = 1
     sites: int = 0
+    out_axis: int = 0
 
 
 @dataclass
@@ -140,9 +141,10 @@ class ScaleAnalysis:
     def matrix_site(self, name: str, s: Ids, t: np.ndarray, out_axis: int, groups: int = 1) -> None:
         """A weight used as y_j = Σ_i W_ji x_i: input scales ``s`` (in,), output ``t`` (out,).
 
-        rate(W[j, i]) = u_out[j] + u_in[i] must equal t_j − s_i. With a per-site offset κ per
-        group: t_j = u_out[j] + κ_g and s_i = κ_g − u_in[i] (κ = 0 at the first site fixes the
-        gauge u_out + δ, u_in − δ).
+        rate(W[j, i]) = u_out[j] − u_in[i] must equal t_j − s_i. With a per-site offset κ per
+        group: t_j = u_out[j] + κ_g and s_i = u_in[i] + κ_g (κ = 0 at the first site fixes the
+        gauge u_out + δ, u_in + δ). Both are plain equalities at a first site, so the common
+        case never reaches the general solver. Column unknowns enter laws with a minus sign.
         """
         pv = self.matrix(name, groups if out_axis == 0 else 1)
         if pv is None:
@@ -150,6 +152,9 @@ class ScaleAnalysis:
             if s is not None:
                 self.sys.zero(s)
             return
+        if pv.sites == 0:
+            pv.out_axis = out_axis  # rate(W) = u[out_axis] − u[in_axis], fixed at the first site
+        flip = -1 if out_axis != pv.out_axis else 1  # a tied use with the other orientation
         in_axis = 1 - out_axis
         u_out = pv.axes[out_axis]
         u_in = pv.axes[in_axis]
@@ -160,12 +165,12 @@ class ScaleAnalysis:
         pv.sites += 1
         out = u_out.shape[0]
         g_of_j = np.arange(out) // (out // groups)
-        self.sys.lin([(1, t), (-1, u_out), (-1, kappa[g_of_j])])
+        self.sys.lin([(1, t), (-flip, u_out), (-1, kappa[g_of_j])])
         s = np.zeros(u_in.size, dtype=np.int64) if s is None else s.reshape(-1)
         u_in_flat = u_in.reshape(groups, -1)
         ipg = u_in_flat.shape[1]
         g_of_i = np.arange(groups * ipg) // ipg
-        self.sys.lin([(1, s), (-1, kappa[g_of_i]), (1, u_in_flat.reshape(-1))])
+        self.sys.lin([(1, s), (-1, kappa[g_of_i]), (-flip, u_in_flat.reshape(-1))])
 
     # ------------------------------------------------------------------ helpers for rules
     def collapse(self, ids: Ids, axes: list[int], keep: bool = True) -> Ids:

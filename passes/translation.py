@@ -367,6 +367,8 @@ def _sites(cap):
     out: dict[str, list] = {}
     for node in cap.gm.graph.nodes:
         v = node.meta["fxc"]
+        if v.kind == "param":  # the parameter's own placeholder / get_attr node is not a use
+            continue
         for i, x in enumerate(v.ins):
             if isinstance(x, ParamRef):
                 out.setdefault(x.name, []).append((node, i, v))
