@@ -311,6 +311,7 @@ def atomic_write(path: str, data: bytes, what: str = "file") -> None:
         fd, tmp = tempfile.mkstemp(prefix=".fxcons-", suffix=".tmp", dir=folder)
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
+        os.chmod(tmp, _file_mode(path))
         os.replace(tmp, path)
         tmp = None
     except OSError as e:
@@ -318,6 +319,16 @@ def atomic_write(path: str, data: bytes, what: str = "file") -> None:
     finally:
         if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def _file_mode(path: str) -> int:
+    """The mode an ordinary ``open(path, "w")`` would give (keep an existing file's mode)."""
+    try:
+        return os.stat(path).st_mode & 0o777
+    except OSError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask
 
 
 # ---------------------------------------------------------------------------- load
