@@ -116,8 +116,10 @@ def _k_sum(ctx: _Ctx, t: Term, form: str, u: sp.Expr, pat: tuple[int, int, int])
 
 def _coef(c: float) -> sp.Expr:
     """Coefficients as exact rationals when they are (±1, 0.5, 2.5...), else floats."""
-    q = sp.nsimplify(c, rational=True)
-    return q if abs(float(q) - c) <= 1e-15 * max(1.0, abs(c)) and q.q <= 1000 else sp.Float(c)
+    from fractions import Fraction
+
+    q = Fraction(c).limit_denominator(1000)
+    return sp.Rational(q.numerator, q.denominator) if float(q) == c else sp.Float(c)
 
 
 def _gram_entry(ctx: _Ctx, t: Term, ra: sp.Expr, rb: sp.Expr) -> sp.Expr:
