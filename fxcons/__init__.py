@@ -11,6 +11,7 @@ from .annotation import Annotation, annotate
 from .capture import register_leaf
 from .errors import CaptureError, FxconsError, LawInputError, SpecError
 from .lawset import LawFamily, LawSet
+from .monitor import monitor, Monitor
 from .serialize import load
 
 __all__ = ["annotate", "Annotation", "LawSet", "LawFamily", "register_leaf",
