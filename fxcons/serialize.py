@@ -215,16 +215,26 @@ def term_slice(t: Term) -> str:
     return s
 
 
+def _lin(s: int, pairs: list[tuple[int, str]]) -> str:
+    """'s + a·u − b·k' without zero terms or unit factors."""
+    out = str(s) if s else ""
+    for c, var in pairs:
+        if c == 0:
+            continue
+        mag = var if abs(c) == 1 else f"{abs(c)}·{var}"
+        out = (f"{out} − {mag}" if c < 0 else f"{out} + {mag}") if out else (f"−{mag}" if c < 0 else mag)
+    return out or "0"
+
+
 def _index_words(index: np.ndarray) -> str:
     pat = index_pattern(index)
     if pat is None:
         return "j ∈ index[u]"
     s, a, b = pat
-    k = index.shape[1]
-    ju = " + ".join(x for x in (str(s) if s else "", "u" if a == 1 else f"{a}·u" if a else "") if x) or "0"
+    n, k = index.shape
     if k == 1:
-        return f"j = {ju}"
-    return f"j = {ju} + {'' if b == 1 else f'{b}·'}k, k < {k}"
+        return f"j = {_lin(s, [(a if n > 1 else 0, 'u')])}"
+    return f"j = {_lin(s, [(a if n > 1 else 0, 'u'), (b, 'k')])}, k < {k}"
 
 
 def family_formula(f: LawFamily) -> str:
@@ -337,7 +347,7 @@ def _parse(obj: Any) -> dict:
         return obj
     if isinstance(obj, bytes):
         obj = obj.decode("utf-8")
-    if isinstance(obj, str) and obj.lstrip().startswith("{"):
+    if isinstance(obj, str) and obj.lstrip().startswith(("{", "[")):
         try:
             return json.loads(obj)
         except json.JSONDecodeError as e:
