@@ -183,6 +183,8 @@ def index_pattern(index: np.ndarray) -> tuple[int, int, int] | None:
 
 def encode_index(index: np.ndarray) -> Any:
     pat = index_pattern(index)
+    if pat is None and np.asarray(index).size == 0:
+        return {"start": 0, "shape": list(np.asarray(index).shape), "strides": [0, 0]}
     if pat is None:
         return np.asarray(index).tolist()
     s, a, b = pat

@@ -220,6 +220,34 @@ def test_drift_matches_reference():
     assert mod.drift(Q0, Q2)[fam.name] > 30 * got
 
 
+def test_empty_family():
+    e = np.zeros((0, 1), dtype=np.int64)
+    laws = LawSet([LawFamily("none", "rescale", "exact", "diag", [Term("w", "sq0", 1.0, e)]),
+                   LawFamily("some", "rescale", "exact", "diag", [Term("w", "sq0", 1.0, np.arange(3)[:, None])])],
+                  {"w": (3, 2)})
+    mod = load_source(to_python(laws))
+    P = {"w": torch.randn(3, 2, dtype=torch.float64)}
+    assert mod.laws(P)["none"].shape == (0,)
+    d = mod.drift(P, {"w": 1.1 * P["w"]})
+    assert d["none"] == 0 and d["some"].item() == pytest.approx(0.21, rel=1e-12)
+
+
+def test_engine_families_of_every_form():
+    """Gram and linear families as the engine writes them (case E MHA, bottleneck + softmax head)."""
+    from test_symbolic import _MHA
+
+    torch.manual_seed(0)
+    forms = set()
+    for m, x, head in [(_MHA(), torch.randn(2, 4, 4), None),
+                       (nn.Sequential(nn.Linear(3, 4), nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2)),
+                        torch.randn(5, 3), "classification")]:
+        ann = fxcons.annotate(m, (x,), head=head)
+        forms |= {f.form for f in ann.families}
+        P = {k: v.detach().double() + 0.1 for k, v in m.named_parameters()}
+        assert rel_err(ann.laws.evaluate(P), load_source(ann.to_python()).laws(P)) <= 1e-12
+    assert forms == {"diag", "linear", "gram"}
+
+
 def reference_mass(f: LawFamily, P: dict) -> torch.Tensor:
     """Mass by brute force, law by law, from the definition (independent of the emitter)."""
     from fxcons.lawset import reduce_tensor

@@ -187,3 +187,23 @@ def test_write_is_atomic_and_errors_are_one_line(tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["keep.onnx", "ro"]
     with pytest.raises(fxcons.FxconsError, match="unsupported ONNX dtype"):
         build_onnx(laws, dtype="int8")
+
+
+def test_engine_families_of_every_form():
+    """Families as the engine writes them (MHA: gram + linear; bottleneck + softmax head)."""
+    from test_symbolic import _MHA
+    from torch import nn
+
+    torch.manual_seed(0)
+    cases = [(_MHA(), torch.randn(2, 4, 4), None),
+             (nn.Sequential(nn.Linear(3, 4), nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2)), torch.randn(5, 3),
+              "classification")]
+    forms = set()
+    for m, x, head in cases:
+        ann = fxcons.annotate(m, (x,), head=head)
+        forms |= {f.form for f in ann.families}
+        P = {k: v.detach().double() + 0.1 for k, v in m.named_parameters()}
+        assert rel_err(ann.laws.evaluate(P), run_values(build_onnx(ann.laws, dtype="float64"), P)) <= 1e-12
+        P32 = {k: v.float() for k, v in P.items()}
+        assert rel_err(ann.laws.evaluate(P), run_values(build_onnx(ann.laws), P32)) <= 1e-6
+    assert forms == {"diag", "linear", "gram"}

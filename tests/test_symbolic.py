@@ -78,15 +78,27 @@ class _BN(nn.Module):  # shared/cases B
         return self.fc(torch.relu(self.c2(torch.relu(self.bn(self.c1(x))))).mean((2, 3)))
 
 
-@pytest.mark.parametrize("make,x", [
-    (lambda: nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2)), (2, 3)),
-    (lambda: nn.Sequential(nn.Conv2d(2, 3, 3), nn.ReLU(), nn.Flatten(), nn.Linear(3 * 2 * 2, 2)), (2, 2, 4, 4)),
-    (_BN, (4, 3, 5, 5)),
+class _MHA(nn.Module):  # shared/cases E: gram (query/key, value/output) and linear (key bias) families
+    def __init__(self):
+        super().__init__()
+        self.a = nn.MultiheadAttention(4, 2, batch_first=True)
+
+    def forward(self, x):
+        return self.a(x, x, x)[0]
+
+
+@pytest.mark.parametrize("make,x,head", [
+    (lambda: nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2)), (2, 3), None),
+    (lambda: nn.Sequential(nn.Conv2d(2, 3, 3), nn.ReLU(), nn.Flatten(), nn.Linear(3 * 2 * 2, 2)), (2, 2, 4, 4), None),
+    (_BN, (4, 3, 5, 5), None),
+    (_MHA, (2, 4, 4), None),
+    # linear bottleneck (gram) and softmax-head translations (sum0, total)
+    (lambda: nn.Sequential(nn.Linear(3, 4), nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2)), (5, 3), "classification"),
 ])
-def test_annotated_models(make, x):
+def test_annotated_models(make, x, head):
     torch.manual_seed(0)
     m = make()
-    ann = fxcons.annotate(m, (torch.randn(*x),))
+    ann = fxcons.annotate(m, (torch.randn(*x),), head=head)
     assert ann.total_laws > 0
     exprs = ann.to_sympy()
     assert list(exprs) == [f.name for f in ann.families]

@@ -287,9 +287,12 @@ def build_onnx(laws: LawSet, drift: bool = False, dtype: Any = None, opset: int 
         after = _Family(g, laws, {p: internal("after." + p) for p in params})
         per_family = []
         for f in laws.families:
-            d = g.op("Abs", [g.op("Sub", [after.values(f), before.values(f)])])
-            m = g.op("Max", [before.masses(f), g.const(MASS_FLOOR)])
-            rel = g.op("ReduceMax", [g.op("Div", [d, m])], keepdims=0)
+            if f.count == 0:
+                rel = g.const(0.0)
+            else:
+                d = g.op("Abs", [g.op("Sub", [after.values(f), before.values(f)])])
+                m = g.op("Max", [before.masses(f), g.const(MASS_FLOOR)])
+                rel = g.op("ReduceMax", [g.op("Div", [d, m])], keepdims=0)
             emit_output(rel, names[f.name])
             outputs.append(helper.make_tensor_value_info(names[f.name], elem, []))
             per_family.append(rel)

@@ -117,7 +117,11 @@ _CHECK = '''def check_params(params: dict[str, Tensor]) -> dict[str, Tensor]:
 _DRIFT = '''def drift(before: dict[str, Tensor], after: dict[str, Tensor]) -> dict[str, Tensor]:
     """Per family: max over its laws of |h(after) − h(before)| / mass(before) (0-d tensors)."""
     h0, h1, m = laws(before), laws(after), masses(before)
-    return {k: ((h1[k] - h0[k]).abs() / m[k].clamp_min(1e-30)).max() for k in h0}
+    out = {}
+    for k in h0:
+        r = (h1[k] - h0[k]).abs() / m[k].clamp_min(1e-30)
+        out[k] = r.max() if r.numel() else r.new_zeros(())
+    return out
 '''
 
 _CLI = '''def _load_state_dict(path: str) -> dict[str, Tensor]:
@@ -202,7 +206,9 @@ class _Emitter:
         self.constants[key] = name
         n, k = index.shape
         pat = index_pattern(index)
-        if pat is not None and pat[1] == k * pat[2] and pat[2] == 1:
+        if index.size == 0:
+            expr = f"torch.zeros(({n}, {k}), dtype=torch.long)"
+        elif pat is not None and pat[1] == k * pat[2] and pat[2] == 1:
             s = pat[0]
             rng = f"{s}, {s + n * k}" if s else f"{n * k}"
             expr = f"torch.arange({rng}).reshape({n}, {k})"

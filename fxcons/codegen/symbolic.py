@@ -175,7 +175,8 @@ def to_sympy(laws: LawSet) -> dict[str, sp.Expr | sp.Matrix]:
 
 
 def unit_symbol(expr: Any) -> sp.Idx | None:
-    """The free unit/block index ``u`` of a per-unit formula (None for explicit lists)."""
+    """The free unit/block index ``u`` of a formula (None for explicit lists, and for per-unit
+    formulas whose every term is the same for all units, such as ``Σ θ``)."""
     for s in expr.free_symbols:
         if isinstance(s, sp.Idx) and s.name == U_NAME:
             return s
@@ -240,15 +241,17 @@ def evaluate_sympy(laws: LawSet, exprs: Mapping[str, Any], params: Mapping[str, 
             r = f.terms[0].index.shape[1]
             iu = np.triu_indices(r)
             vals = []
+            per_block = e.shape == (r, r)  # else r×r blocks stacked vertically
             for blk in range(f.blocks):
-                H = e if u is not None else e[blk * r:(blk + 1) * r, :]
+                H = e if per_block else e[blk * r:(blk + 1) * r, :]
                 env = {u: blk} if u is not None else {}
                 vals += [_numeric(H[a, b], values, env) for a, b in zip(*iu)]
             out[f.name] = np.array(vals)
-        elif u is not None:
-            out[f.name] = np.array([_numeric(e, values, {u: j}) for j in range(f.count)])
-        else:
-            out[f.name] = np.array([_numeric(x, values) for x in e])
+        elif isinstance(e, sp.MatrixBase):  # explicit list
+            out[f.name] = np.array([_numeric(x, values) for x in e], dtype=np.float64)
+        else:  # per-unit expression (a term such as Σθ may not depend on u)
+            env = (lambda j: {u: j}) if u is not None else (lambda j: {})
+            out[f.name] = np.array([_numeric(e, values, env(j)) for j in range(f.count)], dtype=np.float64)
     return out
 
 

@@ -72,7 +72,11 @@ def masses(params: dict[str, Tensor]) -> dict[str, Tensor]:
 def drift(before: dict[str, Tensor], after: dict[str, Tensor]) -> dict[str, Tensor]:
     """Per family: max over its laws of |h(after) − h(before)| / mass(before) (0-d tensors)."""
     h0, h1, m = laws(before), laws(after), masses(before)
-    return {k: ((h1[k] - h0[k]).abs() / m[k].clamp_min(1e-30)).max() for k in h0}
+    out = {}
+    for k in h0:
+        r = (h1[k] - h0[k]).abs() / m[k].clamp_min(1e-30)
+        out[k] = r.max() if r.numel() else r.new_zeros(())
+    return out
 
 
 def check_params(params: dict[str, Tensor]) -> dict[str, Tensor]:
