@@ -1,5 +1,16 @@
 """JSON form of an annotation: a documented, versioned schema; ``load`` reads it back.
 
+Usage::
+
+    doc = fxcons.serialize.dump_annotation(ann)        # plain dict, json.dumps-able
+    fxcons.serialize.save(ann, "laws.json")            # atomic write
+    laws = fxcons.load("laws.json")                    # -> LawSet (also a dict or a JSON string)
+    values = laws.evaluate(model.state_dict())
+
+``SCHEMA`` is the JSON Schema (draft 2020-12) of the document; ``load`` validates against it
+when ``jsonschema`` is installed and always checks structure (reducers per form, index ranges
+against ``param_shapes``, counts).
+
 Schema (version 1)
 ==================
 
@@ -75,7 +86,7 @@ import numpy as np
 import torch
 
 from .errors import FxconsError
-from .lawset import KINDS, LawFamily, LawSet, Term, reduce_tensor
+from .lawset import LawFamily, LawSet, Term, reduce_tensor
 
 SCHEMA_VERSION = 1
 FORMAT = "fxcons.laws"
@@ -441,4 +452,4 @@ def load(obj_or_path: Any) -> LawSet:
 
 
 __all__ = ["SCHEMA_VERSION", "SCHEMA", "dump_annotation", "dump_laws", "load", "save", "index_pattern",
-           "atomic_write", "family_formula", "KINDS"]
+           "atomic_write", "family_formula"]
