@@ -21,6 +21,7 @@ A law file is one JSON object::
       "version": 1,                       # SCHEMA_VERSION; load() refuses other versions
       "fxcons_version": "0.1.0",          # the writer (informative)
       "model": {                          # how the laws were found (null fields for a bare LawSet)
+        "spec": "torchvision:resnet18",   # optional: the model spec the CLI was given
         "frontend": "fx" | "export" | null,
         "head": "classification" | null,
         "training": true | false | null,
@@ -32,6 +33,9 @@ A law file is one JSON object::
       "families": [Family, ...],
       "breakers": [{"node": "relu6", "where": "features.0", "why": "...", "family": "rescale"}]
     }
+
+Readers also accept ``"model": "<spec>"`` (a bare string), which ``fxcons annotate --json``
+0.1.0 writes. Unknown top-level keys (``timings``, ``verify``...) are allowed and ignored.
 
 ``Family``::
 
@@ -151,13 +155,18 @@ SCHEMA: dict = {
         "version": {"const": SCHEMA_VERSION},
         "fxcons_version": {"type": "string"},
         "model": {
-            "type": "object",
-            "properties": {
-                "frontend": {"type": ["string", "null"]},
-                "head": {"type": ["string", "null"]},
-                "training": {"type": ["boolean", "null"]},
-                "tied": {"type": "object", "additionalProperties": {"type": "array", "items": {"type": "string"}}},
-            },
+            "oneOf": [
+                {"type": "object",
+                 "properties": {
+                     "spec": {"type": "string"},
+                     "frontend": {"type": ["string", "null"]},
+                     "head": {"type": ["string", "null"]},
+                     "training": {"type": ["boolean", "null"]},
+                     "tied": {"type": "object",
+                              "additionalProperties": {"type": "array", "items": {"type": "string"}}},
+                 }},
+                {"type": "string"},  # a model spec only (what `fxcons annotate --json` 0.1.0 writes)
+            ],
         },
         "total_laws": {"type": "integer", "minimum": 0},
         "counts": {"type": "object", "additionalProperties": {"type": "integer", "minimum": 0}},

@@ -61,6 +61,19 @@ def test_resnet18_roundtrip(resnet18, tmp_path):
     assert fxcons.load(tmp_path / "laws.json").total == 7680
 
 
+def test_cli_json_is_loadable():
+    """``fxcons annotate --json`` output (report.annotation_json) validates and loads."""
+    from fxcons.report import annotation_json
+
+    torch.manual_seed(0)
+    m = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
+    ann = fxcons.annotate(m, (torch.randn(2, 3),))
+    doc = json.loads(json.dumps(annotation_json(ann, "models:tiny"), default=str))
+    jsonschema.validate(doc, SCHEMA)
+    P = {k: v.detach() for k, v in m.named_parameters()}
+    assert torch.equal(load(doc).evaluate(P)["0→2 rescale[4]"], ann.evaluate(m)["0→2 rescale[4]"])
+
+
 def test_all_forms_roundtrip_and_breakers():
     laws = all_forms_lawset()
     doc = dump_annotation(laws)
