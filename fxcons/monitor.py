@@ -13,6 +13,8 @@ tensors; nothing is read back before :meth:`Monitor.report` or :attr:`Monitor.hi
 * **orthogonality** of the gradient the optimizer is about to use (read in the step pre-hook,
   i.e. after any clipping): ``|<∇h(θ), g>| / (‖∇h(θ)‖ · ‖g on h's entries‖)``, max over the
   family's laws. An ``exact`` law above the tolerance is flagged (it is not a law of this model).
+  A law whose gradient on its entries is below :func:`live_threshold` × ‖g‖ is *untested* at
+  that step (its residual would be rounding noise / rounding noise, e.g. the attention key bias).
 * **drift** since the first monitored step: ``|h(θ_k) − h(θ_0)| / mass``, where the mass is the
   same family with ``|coef|`` on squares (linear laws: on ``|θ|``), the larger of its values at
   θ_0 and θ_k. Under SGD with per-group learning rates τ_p, ``h`` is the conserved
@@ -47,8 +49,15 @@ from torch import nn
 from .errors import LawInputError
 from .lawset import LawFamily, LawSet, reduce_tensor
 
-STATS = ("orthogonality", "drift", "prediction_error", "cumulative_error")
+STATS = ("orthogonality", "drift", "prediction_error", "cumulative_error", "untested")
 TINY = 1e-30
+
+
+def live_threshold(dtype: torch.dtype) -> float:
+    """A law is *untested* at a step when ‖g on its entries‖ is below this fraction of the whole
+    gradient's norm (its gradient is rounding noise, e.g. the attention key bias, whose gradient
+    is exactly zero in exact arithmetic; the oracle of fxcons.verify uses 1e-7 in float64)."""
+    return {torch.float64: 1e-7, torch.float32: 1e-6}.get(dtype, 1e-3)
 
 
 def default_tolerance(dtype: torch.dtype, device: torch.device | None = None) -> float:
@@ -87,8 +96,9 @@ class _Plan:
     """
 
     def __init__(self, laws: LawSet, shapes: list[torch.Size], pid_of: dict[str, int],
-                 weights: list[float], device: torch.device, dtype: torch.dtype) -> None:
+                 weights: list[float], device: torch.device, dtype: torch.dtype, live: float = 1e-7) -> None:
         self.n_fam = len(laws.families)
+        self.live2 = live * live
         self.dtype, self.device = dtype, device
         fam_of_law: list[int] = []
         self.diag = self._flat([(i, f) for i, f in enumerate(laws.families) if f.form == "diag"],
@@ -177,7 +187,8 @@ class _Plan:
 
     # -- the two kernels
     def pre(self, thetas: list, grads: list, bufs: list | None, opt: torch.Tensor | None):
-        """Before a step: (orthogonality per family, h_w(θ), mass_w(θ), prediction of h_w(θ⁺) or None)."""
+        """Before a step: ((families, 2) orthogonality and untested count, h_w(θ), mass_w(θ),
+        prediction of h_w(θ⁺) or None)."""
         dt = self.dtype
         T = [x.detach().to(dt) for x in thetas]
         Gr = [x.detach().to(dt) for x in grads]
@@ -228,9 +239,12 @@ class _Plan:
                 preds.append(pr)
         V, M, dirs, gn2, sn2 = (torch.cat(x) for x in (V, M, dirs, gn2, sn2))
         den = (gn2 * sn2).sqrt()
-        r = torch.where(den > 0, dirs.abs() / den.clamp_min(TINY), torch.zeros_like(den))
+        gall2 = sum(g.square().sum() for g in Gr)
+        live = (sn2 > self.live2 * gall2) & (den > 0)
+        r = torch.where(live, dirs.abs() / den.clamp_min(TINY), torch.zeros_like(den))
+        dead = torch.zeros(self.n_fam, dtype=dt, device=r.device).index_add_(0, self.fam_of_law, (~live).to(dt))
         pred = torch.cat(preds) if opt is not None else None
-        return self.family_max(r), V, M, pred
+        return torch.stack([self.family_max(r), dead], 1), V, M, pred
 
     def _gram_pre(self, F, T, Gr, Bf, opt):
         a, b, dg = F["a"], F["b"], F["diag"]
@@ -308,12 +322,13 @@ class _Plan:
         drift = (V - h0).abs() / den0
         if pred is None:
             nan = torch.full((self.n_fam,), float("nan"), dtype=V.dtype, device=V.device)
-            row = torch.stack([orth, self.family_max(drift), nan, nan], 1)
+            row = torch.stack([orth[:, 0], self.family_max(drift), nan, nan, orth[:, 1]], 1)
             return row, cum
         err = (V - pred).abs() / M.clamp_min(TINY)
         cum = cum + (pred - vpre)
         cerr = (V - h0 - cum).abs() / den0
-        row = torch.stack([orth, self.family_max(drift), self.family_max(err), self.family_max(cerr)], 1)
+        row = torch.stack([orth[:, 0], self.family_max(drift), self.family_max(err), self.family_max(cerr),
+                           orth[:, 1]], 1)
         return row, cum
 
 
@@ -421,7 +436,9 @@ class Monitor:
                           f"update (e.g. {(self.not_optimized or ['lr=0'])[0]}): their prediction is not "
                           "meaningful and their drift uses unit weights", stacklevel=3)
 
-        self.plan = _Plan(laws, [p.shape for p in self.tensors], self.pid_of, self.weights, self.device, dtype)
+        self.live = live_threshold(self.param_dtype)
+        self.plan = _Plan(laws, [p.shape for p in self.tensors], self.pid_of, self.weights, self.device, dtype,
+                          self.live)
         self.compile = bool(compile)
         self._compiled: dict[str, Callable] = {}
         self._zeros: dict[int, torch.Tensor] = {}
@@ -510,7 +527,7 @@ class Monitor:
                     self._warned_closure = True
                 if self._h0 is None:
                     self._start(*self._run("values", self.plan.values, self.tensors))
-                nan = torch.full((self.plan.n_fam,), float("nan"), dtype=self.dtype, device=self.device)
+                nan = torch.full((self.plan.n_fam, 2), float("nan"), dtype=self.dtype, device=self.device)
                 self._pending = (nan, None, None)
                 return
             grads = [self._grad(i) for i in range(len(self.tensors))]
@@ -600,6 +617,7 @@ class Monitor:
                 "orthogonality_max": mx[0], "drift_max": mx[1], "drift_final": _last(col[:, 1]),
                 "prediction_rel_error_max": mx[2] if predicted else None,
                 "cumulative_error_max": mx[3] if predicted and self.every == 1 else None,
+                "untested_final": int(col[-1, 4]) if S and not np.isnan(col[-1, 4]) else None,
                 "flagged": bool(f.exactness == "exact" and mx[0] is not None and mx[0] > self.tolerance),
             })
 
@@ -625,6 +643,7 @@ class Monitor:
             cumulative_error_max_eps=worst("cumulative_error_max", "eps", True) if self.predicts else None,
             drift_max=worst("drift_max"), drift_max_exact=worst("drift_max", "exact"),
             drift_final=worst("drift_final"),
+            untested_final=sum(d["untested_final"] or 0 for d in fams),
             flagged=flagged, ok=not flagged, families=fams,
         )
         if self.compile_error:
