@@ -38,6 +38,7 @@ compilation fails; ``compile=False`` for eager).
 from __future__ import annotations
 
 import math
+import time
 import warnings
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -150,8 +151,11 @@ class _Plan:
         pid = np.concatenate(pids)
         c = np.concatenate(coef)
         lawpos_np = np.concatenate(lawpos)
+        by_pid: dict[int, list] = {}
+        for p_, r_, g_ in slots:
+            by_pid.setdefault(p_, []).append((r_, g_))
         plan = {
-            "slots": list(slots), "n": off,
+            "slots": list(slots), "n": off, "by_pid": list(by_pid.items()),
             "gather": torch.as_tensor(np.concatenate(gather), device=dev),
             "lawpos": torch.as_tensor(lawpos_np, device=dev),
             "pid": torch.as_tensor(pid, device=dev),
@@ -173,9 +177,18 @@ class _Plan:
                 "count": f.count}
 
     # -- evaluation helpers (pure tensor code: compiled)
-    def _reduced(self, P: dict, elem: Callable[[int], torch.Tensor]) -> torch.Tensor:
-        """Per element of the flat plan: the reduction its term reads, e.g. Σ_row θ·g."""
-        R = torch.cat([reduce_tensor(elem(pid), red, grp) for pid, red, grp in P["slots"]])
+    def _reduced(self, P: dict, elem: Callable[[int], torch.Tensor], totals: dict | None = None) -> torch.Tensor:
+        """Per element of the flat plan: the reduction its term reads, e.g. Σ_row θ·g.
+
+        ``elem(pid)`` is computed once per parameter (in the parameter's dtype) and every
+        reduction is accumulated in the plan's dtype; ``totals[pid]`` receives its full sum."""
+        out: dict = {}
+        for pid, reds in P["by_pid"]:
+            red = _reduce_many(elem(pid), reds, self.dtype)
+            out.update({(pid, r, g): v for (r, g), v in red.items()})
+            if totals is not None:
+                totals[pid] = next(iter(red.values())).sum()
+        R = torch.cat([out[k] for k in P["slots"]])
         return R[P["gather"]]
 
     def _scatter(self, P: dict, x: torch.Tensor) -> torch.Tensor:
@@ -190,15 +203,15 @@ class _Plan:
         """Before a step: ((families, 2) orthogonality and untested count, h_w(θ), mass_w(θ),
         prediction of h_w(θ⁺) or None)."""
         dt = self.dtype
-        T = [x.detach().to(dt) for x in thetas]
-        Gr = [x.detach().to(dt) for x in grads]
-        Bf = [x.detach().to(dt) for x in bufs] if bufs is not None else None
+        T, Gr = _elementwise(thetas), _elementwise(grads)
+        Bf = _elementwise(bufs) if bufs is not None else None
         V, M, dirs, gn2, sn2, preds = [], [], [], [], [], []
+        gsq: dict[int, torch.Tensor] = {}
         P = self.diag
         if P is not None:
             Ett = self._reduced(P, lambda i: T[i] * T[i])
             Etg = self._reduced(P, lambda i: T[i] * Gr[i])
-            Egg = self._reduced(P, lambda i: Gr[i] * Gr[i])
+            Egg = self._reduced(P, lambda i: Gr[i] * Gr[i], gsq)
             V.append(self._scatter(P, P["c"] * P["w"] * Ett))
             M.append(self._scatter(P, P["absc"] * P["w"] * Ett))
             dirs.append(self._scatter(P, 2 * P["c"] * Etg))
@@ -239,7 +252,7 @@ class _Plan:
                 preds.append(pr)
         V, M, dirs, gn2, sn2 = (torch.cat(x) for x in (V, M, dirs, gn2, sn2))
         den = (gn2 * sn2).sqrt()
-        gall2 = sum(g.square().sum() for g in Gr)
+        gall2 = sum(gsq[i] if i in gsq else g.square().sum(dtype=dt) for i, g in enumerate(Gr))
         live = (sn2 > self.live2 * gall2) & (den > 0)
         r = torch.where(live, dirs.abs() / den.clamp_min(TINY), torch.zeros_like(den))
         dead = torch.zeros(self.n_fam, dtype=dt, device=r.device).index_add_(0, self.fam_of_law, (~live).to(dt))
@@ -252,7 +265,7 @@ class _Plan:
         ks, parts = [], []
         for t in F["terms"]:
             def blocks(x):
-                X = torch.movedim(x, t.axis, 0)[t.index]
+                X = torch.movedim(x, t.axis, 0)[t.index].to(self.dtype)
                 return X.reshape(X.shape[0], X.shape[1], -1)
 
             Mt, Gt = blocks(T[t.pid]), blocks(Gr[t.pid])
@@ -289,8 +302,7 @@ class _Plan:
 
     def values(self, thetas: list) -> tuple[torch.Tensor, torch.Tensor]:
         """(h_w(θ), mass_w(θ)) for every law."""
-        dt = self.dtype
-        T = [x.detach().to(dt) for x in thetas]
+        T = _elementwise(thetas)
         V, M = [], []
         P = self.diag
         if P is not None:
@@ -305,7 +317,7 @@ class _Plan:
             a, b = F["a"], F["b"]
             v = m = None
             for t in F["terms"]:
-                X = torch.movedim(T[t.pid], t.axis, 0)[t.index]
+                X = torch.movedim(T[t.pid], t.axis, 0)[t.index].to(self.dtype)
                 X = X.reshape(X.shape[0], X.shape[1], -1)
                 tt = X @ X.transpose(1, 2)
                 Dtt = torch.diagonal(tt, dim1=1, dim2=2)
@@ -330,6 +342,39 @@ class _Plan:
         row = torch.stack([orth[:, 0], self.family_max(drift), self.family_max(err), self.family_max(cerr),
                            orth[:, 1]], 1)
         return row, cum
+
+
+def _elementwise(xs: list) -> list:
+    """Detached tensors in a dtype fit for elementwise products (float32 or float64)."""
+    return [x.detach() if x.dtype in (torch.float32, torch.float64) else x.detach().float() for x in xs]
+
+
+def _reduce_many(x: torch.Tensor, reds: list[tuple[str, int]], acc: torch.dtype) -> dict:
+    """Several reductions of one elementwise-mapped parameter (see lawset.reduce_tensor),
+    accumulated in ``acc``; the row sums (sq0) and column sums (sq1) of a matrix share one pass."""
+    out = {}
+    q = None
+    for red, groups in reds:
+        if red in ("sq0", "sq1") and x.dim() >= 2:
+            if q is None:
+                q = x.reshape(x.shape[0], x.shape[1], -1).sum(2, dtype=acc)  # (out, in per group)
+            if red == "sq0":
+                out[(red, groups)] = q.sum(1)
+            else:
+                out[(red, groups)] = q.reshape(groups, q.shape[0] // groups, q.shape[1]).sum(1).reshape(-1)
+        elif red in ("sq0", "sq1", "sq", "entry"):
+            out[(red, groups)] = x.reshape(-1).to(acc)
+        elif red == "sum0":
+            out[(red, groups)] = x.sum(0, dtype=acc).reshape(-1)
+        elif red == "sum1":
+            out[(red, groups)] = x.sum(1, dtype=acc).reshape(-1)
+        elif red == "sumlast":
+            out[(red, groups)] = x.sum(-1, dtype=acc).reshape(-1)
+        elif red == "total":
+            out[(red, groups)] = x.sum(dtype=acc).reshape(1)
+        else:
+            raise ValueError(f"unknown reducer {red}")
+    return out
 
 
 # ----------------------------------------------------------------------------- optimizer
@@ -453,8 +498,9 @@ class Monitor:
         self._pending: tuple | None = None
         self._warned_closure = False
         self.compile_error: str | None = None
-        self._handles = [optimizer.register_step_pre_hook(self._pre_hook),
-                         optimizer.register_step_post_hook(self._post_hook)]
+        self.hook_seconds = 0.0  # host time spent in the hooks (on CUDA the kernels run asynchronously)
+        self._handles: list = []
+        self.attach()
 
     # -- kernels
     def _run(self, name: str, fn: Callable, *args):
@@ -517,30 +563,35 @@ class Monitor:
         self._monitored = self._step % self.every == 0
         if not self._monitored:
             return
+        t0 = time.perf_counter()
         with torch.no_grad():
-            closure = (args[1] if len(args) > 1 else None) or kwargs.get("closure")
-            if closure is not None:  # the gradient is computed inside step(): nothing to check here
-                if not self._warned_closure:
-                    warnings.warn("fxcons.monitor: optimizer.step(closure) computes the gradient inside the "
-                                  "step; orthogonality and prediction are skipped, drift is recorded",
-                                  stacklevel=3)
-                    self._warned_closure = True
-                if self._h0 is None:
-                    self._start(*self._run("values", self.plan.values, self.tensors))
-                nan = torch.full((self.plan.n_fam, 2), float("nan"), dtype=self.dtype, device=self.device)
-                self._pending = (nan, None, None)
-                return
-            grads = [self._grad(i) for i in range(len(self.tensors))]
-            if self.predicts:
-                opt, has_buf = self._opt_rows()
-                bufs = self._buffers() if has_buf else None
-                name = "pre_mom" if has_buf else "pre_sgd"
-            else:
-                opt, bufs, name = None, None, "pre_drift"
-            orth, V, M, pred = self._run(name, self.plan.pre, self.tensors, grads, bufs, opt)
+            self._pre(args, kwargs)
+        self.hook_seconds += time.perf_counter() - t0
+
+    def _pre(self, args, kwargs) -> None:
+        closure = (args[1] if len(args) > 1 else None) or kwargs.get("closure")
+        if closure is not None:  # the gradient is computed inside step(): nothing to check here
+            if not self._warned_closure:
+                warnings.warn("fxcons.monitor: optimizer.step(closure) computes the gradient inside the "
+                              "step; orthogonality and prediction are skipped, drift is recorded",
+                              stacklevel=3)
+                self._warned_closure = True
             if self._h0 is None:
-                self._start(V, M)
-            self._pending = (orth, V, pred)
+                self._start(*self._run("values", self.plan.values, self.tensors))
+            nan = torch.full((self.plan.n_fam, 2), float("nan"), dtype=self.dtype, device=self.device)
+            self._pending = (nan, None, None)
+            return
+        grads = [self._grad(i) for i in range(len(self.tensors))]
+        if self.predicts:
+            opt, has_buf = self._opt_rows()
+            bufs = self._buffers() if has_buf else None
+            name = "pre_mom" if has_buf else "pre_sgd"
+        else:
+            opt, bufs, name = None, None, "pre_drift"
+        orth, V, M, pred = self._run(name, self.plan.pre, self.tensors, grads, bufs, opt)
+        if self._h0 is None:
+            self._start(V, M)
+        self._pending = (orth, V, pred)
 
     def _start(self, V: torch.Tensor, M: torch.Tensor) -> None:
         self._h0, self._m0 = V.clone(), M.clone()
@@ -555,9 +606,11 @@ class Monitor:
         orth, vpre, pred = self._pending
         self._pending = None
         name = "post_pred" if pred is not None else "post_drift"
+        t0 = time.perf_counter()
         with torch.no_grad():
             row, self._cum = self._run(name, self.plan.post, self.tensors, self._h0, self._m0, vpre, pred,
                                        self._cum, orth)
+        self.hook_seconds += time.perf_counter() - t0
         self._steps.append(step)
         self._rows.append(row)
         if len(self._rows) >= 512:
@@ -670,8 +723,15 @@ class Monitor:
             t.add_row(f"… {len(order) - max_rows} more", "", "", "", "", "", "", "")
         return t
 
+    def attach(self) -> "Monitor":
+        """(Re-)register the optimizer step hooks (done by the constructor)."""
+        if not self._handles:
+            self._handles = [self.optimizer.register_step_pre_hook(self._pre_hook),
+                             self.optimizer.register_step_post_hook(self._post_hook)]
+        return self
+
     def detach(self) -> None:
-        """Remove the optimizer hooks (the recorded history stays)."""
+        """Remove the optimizer hooks (the recorded history stays; :meth:`attach` resumes)."""
         for h in self._handles:
             h.remove()
         self._handles = []
