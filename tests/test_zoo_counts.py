@@ -230,3 +230,37 @@ def test_squeezenet1_0_counts_and_oracle():
     _, ann = _annotate_torchvision("squeezenet1_0", 64)
     assert ann.counts() == SQUEEZENET1_0
     _assert_verified(ann, probes=2)
+
+
+# ----------------------------------------------------------------------------- the audit tool
+
+def _load_tool(name: str):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "tools" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"fxcons_tool_{name}", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_audit_zoo_rows_and_report(tmp_path):
+    audit = _load_tool("audit_zoo")
+    assert len(audit.zoo_specs("torchvision", None, None)) == 80
+    assert audit.zoo_specs("timm", 3, None) == ["timm:resnet18", "timm:vit_tiny_patch16_224", "timm:convnext_atto"]
+    # squeezenet1_1: as 1.0 with a 64-channel stem: 64 + 2·(16+128) + 2·(32+256) + 2·(48+384) + 2·(64+512)
+    row = audit.audit_one("torchvision:squeezenet1_1", "torchvision", 64, 2, True, 1, 10**9)
+    assert row["status"] == "ok" and row["captured"] and row["frontend"] == "fx"
+    assert row["input"] == "2x3x64x64"
+    assert row["counts"] == {"rescale": 2944, "gl": 0, "scale": 0, "translation": 0, "attention_qk": 0,
+                             "attention_vo": 0}
+    assert row["verify"]["checked"] == 2944 and row["verify"]["failed"] == 0
+    bad = audit.audit_one("torchvision:no_such_net", "torchvision", 64, 2, True, 1, 10**9)
+    assert bad["status"] == "refused" and "no_such_net" in bad["reason"] and not bad["captured"]
+    meta = {"zoo": "torchvision", "command": "test", "date": "-", "torch": "-", "python": "-", "threads": 1,
+            "probes": 1}
+    summ = audit.write_outputs(tmp_path, "t", meta, [row, bad])
+    assert summ["annotated"] == 1 and summ["total_laws"] == 2944 and summ["laws_failed"] == 0
+    md = (tmp_path / "t.md").read_text()
+    assert "| `squeezenet1_1` | ok | fx | 2x3x64x64 |" in md and "**refused**" in md
