@@ -198,39 +198,67 @@ class Solution:
 
 
 def _component_kernel(members: list[int], rows: list[dict], eps_classes: set) -> list[KernelVector]:
-    import sympy
-
     idx = {c: i for i, c in enumerate(members)}
-    M = sympy.zeros(len(rows), len(members))
-    for i, r in enumerate(rows):
-        for c, v in r.items():
-            M[i, idx[c]] = sympy.Rational(v.numerator, v.denominator)
+    n = len(members)
+    M = {i: {idx[c]: v for c, v in r.items()} for i, r in enumerate(rows)}
     eps_cols = [idx[c] for c in members if c in eps_classes]
-    full = M.nullspace()
+    if len(rows) == 1 and not eps_cols:  # one equation: its rref is the row over its pivot
+        (row,) = M.values()
+        p = min(row)
+        return [_kv(members, [Fraction(1) if j == f else -row[f] / row[p] if j == p else Fraction(0)
+                              for j in range(n)], False) for f in range(n) if f != p]
+    full = _nullspace(M, n)
     if not full:
         return []
     if eps_cols:
-        E = sympy.zeros(len(eps_cols), len(members))
-        for i, j in enumerate(eps_cols):
-            E[i, j] = 1
-        exact = M.col_join(E).nullspace()
+        E = {len(rows) + i: {j: Fraction(1)} for i, j in enumerate(eps_cols)}
+        exact = _nullspace({**M, **E}, n)
     else:
         exact = full
-    basis = list(exact)
     out = [_kv(members, v, False) for v in exact]
-    # extend the exact basis to the full kernel; the extra vectors are eps directions
-    cur = sympy.Matrix.hstack(*basis) if basis else None
-    rank = len(basis)
-    for v in full:
-        cand = v if cur is None else sympy.Matrix.hstack(cur, v)
-        if cand.rank() > rank:
-            cur, rank = cand, rank + 1
-            out.append(_kv(members, v, True))
+    # extend the exact basis to the full kernel; the extra vectors are eps directions: the
+    # full-kernel vectors whose columns are pivots of [exact | full] (greedy, left to right)
+    cols = exact + full
+    T = {i: {j: v[i] for j, v in enumerate(cols) if v[i] != 0} for i in range(n)}
+    _, pivots = _rref(T, len(cols))
+    for j in pivots:
+        if j >= len(exact):
+            out.append(_kv(members, full[j - len(exact)], True))
     return out
 
 
+def _rref(rows: dict[int, dict[int, Fraction]], ncols: int):
+    """Exact reduced row echelon form of a sparse rational matrix (sympy's DomainMatrix)."""
+    from sympy import QQ
+    from sympy.polys.matrices import DomainMatrix
+
+    dm = DomainMatrix({i: {j: QQ(v.numerator, v.denominator) for j, v in r.items() if v != 0}
+                       for i, r in rows.items() if r}, (max(rows, default=-1) + 1, ncols), QQ)
+    R, pivots = dm.rref()
+    return R.to_sdm(), list(pivots)
+
+
+def _nullspace(rows: dict[int, dict[int, Fraction]], ncols: int) -> list[list[Fraction]]:
+    """Kernel basis, built like sympy's Matrix.nullspace: one vector per free column f with
+    v[f] = 1 and v[pivot_i] = −R[i, f]."""
+    R, pivots = _rref(rows, ncols)
+    pivot_set = set(pivots)
+    basis = []
+    for f in range(ncols):
+        if f in pivot_set:
+            continue
+        vec = [Fraction(0)] * ncols
+        vec[f] = Fraction(1)
+        for i, pc in enumerate(pivots):
+            x = R.get(i, {}).get(f)
+            if x:
+                vec[pc] -= Fraction(int(x.numerator), int(x.denominator))
+        basis.append(vec)
+    return basis
+
+
 def _kv(members: list[int], v, eps: bool) -> KernelVector:
-    nz = [(members[i], Fraction(int(x.p), int(x.q))) for i, x in enumerate(v) if x != 0]
+    nz = [(members[i], Fraction(x)) for i, x in enumerate(v) if x != 0]
     # normalise: first coefficient positive and integer-friendly
     from math import lcm
 

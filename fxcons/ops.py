@@ -141,9 +141,28 @@ def _module_view(cap: Captured, node: fx.Node, m: nn.Module) -> View:
     if isinstance(m, CLAMP_MODULES):
         return View("breaker", [x], {"why": f"{type(m).__name__} clips (not positively homogeneous)"})
     if isinstance(m, nn.MultiheadAttention):
-        return View("mha", list(node.args) + [P(m.in_proj_weight) if m.in_proj_weight is not None else None],
-                    {"module": m})
+        return _mha_view(cap, node, m)
     return View("unknown", [x], {"why": f"no rule for module type {type(m).__module__}.{type(m).__name__}"})
+
+
+def _mha_view(cap: Captured, node: fx.Node, m: nn.MultiheadAttention) -> View:
+    """nn.MultiheadAttention: ins = [query, key, value, in_proj_weight, in_proj_bias,
+    out_proj.weight, out_proj.bias]; masks (which only add to the logits) in ``attrs``."""
+    names = ("query", "key", "value")
+    qkv = [_arg(node, i, nm) for i, nm in enumerate(names)]
+    masks = [_arg(node, 3, "key_padding_mask"), _arg(node, 5, "attn_mask")]
+    P = lambda p: _pref(cap, p)  # noqa: E731
+    why = None
+    if not m._qkv_same_embed_dim:
+        why = "MultiheadAttention with kdim/vdim != embed_dim (separate projections) has no rule"
+    elif m.bias_k is not None or m.add_zero_attn:
+        why = "MultiheadAttention with add_bias_kv / add_zero_attn has no rule"
+    if why:
+        params = [P(p) for p in m.parameters()]
+        return View("unknown", qkv + params, {"why": why})
+    ins = qkv + [P(m.in_proj_weight), P(m.in_proj_bias), P(m.out_proj.weight), P(m.out_proj.bias)]
+    return View("mha", ins, {"heads": m.num_heads, "embed_dim": m.embed_dim,
+                             "masks": [x for x in masks if isinstance(x, fx.Node)]})
 
 
 def _pref(cap: Captured, p: Any) -> Any:
@@ -301,7 +320,7 @@ def _function_view(cap: Captured, node: fx.Node, name: str) -> View:
     if name in ("matmul", "bmm", "mm", "__matmul__"):
         return View("matmul", [a[0], a[1]])
     if name == "einsum":
-        ops = list(a[1]) if len(a) == 2 and isinstance(a[1], (list, tuple)) else list(a[1:])
+        ops = list(a[1]) if len(a) >= 2 and isinstance(a[1], (list, tuple)) else list(a[1:])
         return View("einsum", ops, {"eq": a[0]})
     if name == "scaled_dot_product_attention":
         return View("sdpa", [a[0], a[1], a[2], _arg(node, 3, "attn_mask")],
@@ -333,6 +352,8 @@ def canonicalize(cap: Captured) -> None:
     for node in gm.graph.nodes:
         node.meta["fxc"] = _view(cap, node)
         view = node.meta["fxc"]
+        if view.kind in ("unknown", "breaker"):  # every tensor operand is stopped, not just the first
+            view.ins = list(view.ins) + [x for x in node.all_input_nodes if not any(x is y for y in view.ins)]
         view.where = _where(cap, node)
         # parameters used by this node
         for i, x in enumerate(view.ins):

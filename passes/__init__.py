@@ -20,3 +20,7 @@ PIPELINE.append(translation_pass)
 from .gl import gl_pass  # noqa: E402
 
 PIPELINE.append(gl_pass)
+
+from .attention import attention_pass  # noqa: E402
+
+PIPELINE.append(attention_pass)

@@ -323,6 +323,10 @@ def _add(A: ScaleAnalysis, node, v):
         other = v.ins[0] if a is None else v.ins[1]
         if _is_zero_const(other):
             return _fit(a if b is None else b, shape)
+        if _is_eps_const(other):  # a normalization's `var + eps`: exact only as eps -> 0
+            live = a if b is None else b
+            A.sys.mark_eps(live)
+            return _fit(live, shape)
         A.broken(node, "adds a term that does not scale (constant, data or broken branch)", a, b)
         return None
     a, b = _fit(a, shape), _fit(b, shape)
@@ -332,6 +336,14 @@ def _add(A: ScaleAnalysis, node, v):
 
 def _is_zero_const(x):
     return isinstance(x, (int, float)) and x == 0
+
+
+#: largest constant added to a scaled tensor that is read as a normalization's eps
+EPS_CONST = 1e-3
+
+
+def _is_eps_const(x):
+    return isinstance(x, float) and 0 < x <= EPS_CONST
 
 
 def _mul(A: ScaleAnalysis, node, v):
@@ -440,6 +452,112 @@ def _output(A: ScaleAnalysis, node, v):
     return None
 
 
+def _zeros(nd: int) -> np.ndarray:
+    return np.zeros((1,) * nd, dtype=np.int64)
+
+
+def _sdpa(A: ScaleAnalysis, node, v):
+    """softmax(q kᵀ·s + mask) v: every logit term q[..., l, c] + k[..., t, c] has scale 0 (the
+    softmax forgets no scale); the output carries v's scale, constant over the key axis t.
+    With enable_gqa, key/value head i serves query heads i·g ... i·g + g − 1 (axis −3)."""
+    q, k, val, mask = (v.ins + [None] * 4)[:4]
+    if isinstance(mask, torch.fx.Node) and A.val(mask) is not None:
+        A.broken(node, "attention mask carries a parameter scale", A.val(mask))
+    sq, sk, sv = A.shape(q), A.shape(k), A.shape(val)
+    iq, ik, iv = [_zeros(len(s)) if A.val(x) is None else A.val(x) for x, s in ((q, sq), (k, sk), (val, sv))]
+    if v.attrs.get("enable_gqa") and len(sq) >= 3 and sk[-3] != sq[-3]:
+        rep = sq[-3] // sk[-3]
+        ik = np.repeat(ik, rep, axis=-3) if ik.shape[-3] > 1 else ik
+        iv = np.repeat(iv, rep, axis=-3) if iv.shape[-3] > 1 else iv
+    A.sys.lin([(1, iq[..., :, None, :]), (1, ik[..., None, :, :])])
+    out = A.collapse(iv, [iv.ndim - 2])
+    return _fit(None if not out.any() else out, A.out_shape(node))
+
+
+def _einsum_letters(eq: str, ndims: list[int]) -> tuple[list[str], str] | None:
+    """Operand and output letters of an einsum equation, ellipses spelled out (None: no rule)."""
+    lhs, arrow, rhs = eq.replace(" ", "").partition("->")
+    terms = lhs.split(",")
+    if len(terms) != len(ndims):
+        return None
+    spare = [c for c in "ABCDEFGHIJKLMNOPQRSTUVWXYZ" if c not in eq]
+    widths = [nd - (len(t) - 3) if "..." in t else 0 for t, nd in zip(terms, ndims)]
+    ell = "".join(spare[:max(widths, default=0)])
+    terms = [t.replace("...", ell[len(ell) - w:] if w else "") for t, w in zip(terms, widths)]
+    if not arrow:
+        joined = "".join(terms)
+        rhs = ell + "".join(sorted(c for c in set(joined) if joined.count(c) == 1 and c not in ell))
+    rhs = rhs.replace("...", ell)
+    if any(len(set(t)) != len(t) for t in terms + [rhs]):
+        return None  # repeated letters (diagonals) have no rule
+    return terms, rhs
+
+
+def _einsum(A: ScaleAnalysis, node, v):
+    """Each output entry is a sum of products: its scale equals the sum of the operands' scales
+    for every combination of the contracted letters (like matmul)."""
+    shapes = [A.shape(x) for x in v.ins]
+    if any(s is None for s in shapes):
+        return _breaker(A, node, v)
+    parsed = _einsum_letters(v.attrs["eq"], [len(s) for s in shapes])
+    if parsed is None:
+        A.broken(node, f"einsum {v.attrs['eq']!r} has no rule", *[A.val(x) for x in v.ins])
+        return None
+    terms, rhs = parsed
+    vals = [A.val(x) for x in v.ins]
+    if all(x is None for x in vals):
+        return None
+    letters = sorted(set("".join(terms)) | set(rhs))
+    size = {c: 1 for c in letters}
+    vals = [_zeros(len(t)) if x is None else x for x, t in zip(vals, terms)]
+    for x, t in zip(vals, terms):
+        for c, n in zip(t, x.shape):
+            size[c] = max(size[c], n)
+
+    def joint(x, t):  # move an operand's ids onto the joint letter axes
+        src = [t.index(c) for c in letters if c in t]
+        y = np.transpose(x, src)
+        return y.reshape([x.shape[t.index(c)] if c in t else 1 for c in letters])
+
+    out = A.sys.new(tuple(size[c] for c in rhs))
+    out_j = joint(out, rhs)
+    A.sys.lin([(1, out_j)] + [(-1, joint(x, t)) for x, t in zip(vals, terms)])
+    return _fit(out, A.out_shape(node))
+
+
+def _mha(A: ScaleAnalysis, node, v):
+    """nn.MultiheadAttention (packed in_proj): rows [0:E) make queries, [E:2E) keys, [2E:3E)
+    values, each block a linear site with its own offset; q_c + k_c = 0 for every coordinate;
+    the output projection reads the value coordinates."""
+    q, k, val, w_in, b_in, w_out, b_out = v.ins[:7]
+    E = int(v.attrs["embed_dim"])
+    for m in v.attrs.get("masks", []):
+        if A.val(m) is not None:
+            A.broken(node, "attention mask carries a parameter scale", A.val(m))
+    s_out = A.sys.new((3 * E,))
+    inputs = [q] if q is k is val else [q, k, val]  # self-attention: one site for all rows
+    for blk, x in enumerate(inputs):  # else three sites, each reading one row block
+        ids = A.val(x)
+        s = None if ids is None else A.feature_vector(ids, -1, E)
+        t = s_out if len(inputs) == 1 else A.sys.new((3 * E,))
+        A.matrix_site(w_in.name, s, t, 0)
+        if len(inputs) > 1:
+            rows = slice(blk * E, (blk + 1) * E)
+            A.sys.eq(s_out[rows], t[rows])
+    bias = A.vector(b_in)
+    if bias is not None:
+        A.sys.eq(bias, s_out)
+    A.sys.lin([(1, s_out[:E]), (1, s_out[E:2 * E])])
+    t = A.sys.new((E,))
+    A.matrix_site(w_out.name, s_out[2 * E:], t, 0)
+    ob = A.vector(b_out)
+    if ob is not None:
+        A.sys.eq(ob, t)
+    out = A.at_axis(t, -1, len(A.shape(q)))
+    outs = node.meta.get("val")
+    return (out, None) if isinstance(outs, (tuple, list)) else out
+
+
 RULES = {
     "input": _no_scale,
     "const": _no_scale,
@@ -473,4 +591,7 @@ RULES = {
     "pool": _pool,
     "softmax": _softmax,
     "matmul": _matmul,
+    "sdpa": _sdpa,
+    "einsum": _einsum,
+    "mha": _mha,
 }
