@@ -17,7 +17,8 @@ tensors; nothing is read back before :meth:`Monitor.report` or :attr:`Monitor.hi
   that step (its residual would be rounding noise / rounding noise, e.g. the attention key bias).
 * **drift** since the first monitored step: ``|h(θ_k) − h(θ_0)| / mass``, where the mass is the
   same family with ``|coef|`` on squares (linear laws: on ``|θ|``), the larger of its values at
-  θ_0 and θ_k. Under SGD with per-group learning rates τ_p, ``h`` is the conserved
+  θ_0 and θ_k (laws whose gradient was never live, see below, are left out: their value is
+  rounding noise around zero). Under SGD with per-group learning rates τ_p, ``h`` is the conserved
   ``h_T`` of LAWS.md §4: each term weighted by ``τ_ref / τ_p`` (τ_ref = largest lr at attach).
 * **prediction** (torch.optim.SGD only): write the update as ``θ⁺ = Dθ − G g − B b`` per
   parameter (weight decay in D, learning rate in G, heavy-ball buffer b in B). Expanding the
@@ -257,7 +258,7 @@ class _Plan:
         r = torch.where(live, dirs.abs() / den.clamp_min(TINY), torch.zeros_like(den))
         dead = torch.zeros(self.n_fam, dtype=dt, device=r.device).index_add_(0, self.fam_of_law, (~live).to(dt))
         pred = torch.cat(preds) if opt is not None else None
-        return torch.stack([self.family_max(r), dead], 1), V, M, pred
+        return torch.stack([self.family_max(r), dead], 1), V, M, pred, live.to(dt)
 
     def _gram_pre(self, F, T, Gr, Bf, opt):
         a, b, dg = F["a"], F["b"], F["diag"]
@@ -327,21 +328,27 @@ class _Plan:
             V.append(v), M.append(m)
         return torch.cat(V), torch.cat(M)
 
-    def post(self, thetas: list, h0, m0, vpre, pred, cum, orth):
-        """After a step: the stats row (families × STATS) and the updated cumulative prediction."""
+    def post(self, thetas: list, h0, m0, vpre, pred, cum, orth, live, ever):
+        """After a step: the stats row (families × STATS), the updated cumulative prediction and
+        the laws seen live so far. Drift and prediction errors count only laws whose gradient was
+        live at some monitored step: a law on entries that never received more than rounding
+        noise (a zero-initialised attention key bias) has no meaningful relative drift."""
         V, M = self.values(thetas)
+        ever = torch.maximum(ever, live)
+        on = ever > 0
+        zero = torch.zeros_like(V)
         den0 = torch.maximum(m0, M).clamp_min(TINY)
-        drift = (V - h0).abs() / den0
+        drift = torch.where(on, (V - h0).abs() / den0, zero)
         if pred is None:
             nan = torch.full((self.n_fam,), float("nan"), dtype=V.dtype, device=V.device)
             row = torch.stack([orth[:, 0], self.family_max(drift), nan, nan, orth[:, 1]], 1)
-            return row, cum
-        err = (V - pred).abs() / M.clamp_min(TINY)
+            return row, cum, ever
+        err = torch.where(on, (V - pred).abs() / M.clamp_min(TINY), zero)
         cum = cum + (pred - vpre)
-        cerr = (V - h0 - cum).abs() / den0
+        cerr = torch.where(on, (V - h0 - cum).abs() / den0, zero)
         row = torch.stack([orth[:, 0], self.family_max(drift), self.family_max(err), self.family_max(cerr),
                            orth[:, 1]], 1)
-        return row, cum
+        return row, cum, ever
 
 
 def _elementwise(xs: list) -> list:
@@ -494,7 +501,7 @@ class Monitor:
         self._steps: list[int] = []
         self._rows: list[torch.Tensor] = []
         self._chunks: list[torch.Tensor] = []
-        self._h0 = self._m0 = self._cum = None
+        self._h0 = self._m0 = self._cum = self._ever = None
         self._pending: tuple | None = None
         self._warned_closure = False
         self.compile_error: str | None = None
@@ -579,7 +586,7 @@ class Monitor:
             if self._h0 is None:
                 self._start(*self._run("values", self.plan.values, self.tensors))
             nan = torch.full((self.plan.n_fam, 2), float("nan"), dtype=self.dtype, device=self.device)
-            self._pending = (nan, None, None)
+            self._pending = (nan, None, None, torch.ones_like(self._ever))  # liveness unknown: count all
             return
         grads = [self._grad(i) for i in range(len(self.tensors))]
         if self.predicts:
@@ -588,14 +595,15 @@ class Monitor:
             name = "pre_mom" if has_buf else "pre_sgd"
         else:
             opt, bufs, name = None, None, "pre_drift"
-        orth, V, M, pred = self._run(name, self.plan.pre, self.tensors, grads, bufs, opt)
+        orth, V, M, pred, live = self._run(name, self.plan.pre, self.tensors, grads, bufs, opt)
         if self._h0 is None:
             self._start(V, M)
-        self._pending = (orth, V, pred)
+        self._pending = (orth, V, pred, live)
 
     def _start(self, V: torch.Tensor, M: torch.Tensor) -> None:
         self._h0, self._m0 = V.clone(), M.clone()
         self._cum = torch.zeros_like(V)
+        self._ever = torch.zeros_like(V)
 
     @torch._dynamo.disable
     def _post_hook(self, optimizer, args, kwargs) -> None:
@@ -603,13 +611,13 @@ class Monitor:
         self._step += 1
         if not self._monitored or self._pending is None:
             return
-        orth, vpre, pred = self._pending
+        orth, vpre, pred, live = self._pending
         self._pending = None
         name = "post_pred" if pred is not None else "post_drift"
         t0 = time.perf_counter()
         with torch.no_grad():
-            row, self._cum = self._run(name, self.plan.post, self.tensors, self._h0, self._m0, vpre, pred,
-                                       self._cum, orth)
+            row, self._cum, self._ever = self._run(name, self.plan.post, self.tensors, self._h0, self._m0, vpre,
+                                                   pred, self._cum, orth, live, self._ever)
         self.hook_seconds += time.perf_counter() - t0
         self._steps.append(step)
         self._rows.append(row)

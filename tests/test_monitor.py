@@ -271,6 +271,27 @@ def test_tied_and_unoptimized_parameters():
     assert rep["prediction_rel_error_max"] < 1e-13
 
 
+def test_closure_step_records_drift_only():
+    model, x = relu_mlp()
+    ann = fxcons.annotate(model, (x,), head="classification")
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    mon = fxcons.monitor(ann, opt, compile=False)
+    y = torch.randint(0, 4, (x.shape[0],))
+
+    def closure():
+        opt.zero_grad()
+        loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        return loss
+
+    with pytest.warns(UserWarning, match="closure"):
+        for _ in range(3):
+            opt.step(closure)
+    rep = mon.report()
+    assert rep["steps"] == 3 and rep["drift_max"] > 1e-6
+    assert rep["orthogonality_max"] is None and rep["prediction_rel_error_max"] is None
+
+
 def test_tolerances_and_errors():
     assert default_tolerance(torch.float64) == 1e-8 and default_tolerance(torch.float32) == 1e-4
     model, x = relu_mlp()
