@@ -16,9 +16,10 @@ tensors; nothing is read back before :meth:`Monitor.report` or :attr:`Monitor.hi
   A law whose gradient on its entries is below :func:`live_threshold` × ‖g‖ is *untested* at
   that step (its residual would be rounding noise / rounding noise, e.g. the attention key bias).
 * **drift** since the first monitored step: ``|h(θ_k) − h(θ_0)| / mass``, where the mass is the
-  same family with ``|coef|`` on squares (linear laws: on ``|θ|``), the larger of its values at
-  θ_0 and θ_k (laws whose gradient was never live, see below, are left out: their value is
-  rounding noise around zero). Under SGD with per-group learning rates τ_p, ``h`` is the conserved
+  same family with ``|coef|`` on squares (linear laws: on ``|θ|``) at θ_0, guarded by
+  ``max(mass(θ_0), 1e-3·mass(θ_k))`` for laws that start at zero (zero-initialised biases).
+  Laws whose gradient was never live (see above) are left out: their value is rounding noise
+  around zero. Under SGD with per-group learning rates τ_p, ``h`` is the conserved
   ``h_T`` of LAWS.md §4: each term weighted by ``τ_ref / τ_p`` (τ_ref = largest lr at attach).
 * **prediction** (torch.optim.SGD only): write the update as ``θ⁺ = Dθ − G g − B b`` per
   parameter (weight decay in D, learning rate in G, heavy-ball buffer b in B). Expanding the
@@ -337,7 +338,7 @@ class _Plan:
         ever = torch.maximum(ever, live)
         on = ever > 0
         zero = torch.zeros_like(V)
-        den0 = torch.maximum(m0, M).clamp_min(TINY)
+        den0 = torch.maximum(m0, 1e-3 * M).clamp_min(TINY)
         drift = torch.where(on, (V - h0).abs() / den0, zero)
         if pred is None:
             nan = torch.full((self.n_fam,), float("nan"), dtype=V.dtype, device=V.device)
@@ -363,8 +364,8 @@ def _reduce_many(x: torch.Tensor, reds: list[tuple[str, int]], acc: torch.dtype)
     q = None
     for red, groups in reds:
         if red in ("sq0", "sq1") and x.dim() >= 2:
-            if q is None:
-                q = x.reshape(x.shape[0], x.shape[1], -1).sum(2, dtype=acc)  # (out, in per group)
+            if q is None:  # (out, in per group); the few kernel taps summed in x's dtype (vectorises)
+                q = x.reshape(x.shape[0], x.shape[1], -1).sum(2).to(acc)
             if red == "sq0":
                 out[(red, groups)] = q.sum(1)
             else:
