@@ -205,8 +205,7 @@ def _component_kernel(members: list[int], rows: list[dict], eps_classes: set) ->
     if len(rows) == 1 and not eps_cols:  # one equation: its rref is the row over its pivot
         (row,) = M.values()
         p = min(row)
-        return [_kv(members, [Fraction(1) if j == f else -row[f] / row[p] if j == p else Fraction(0)
-                              for j in range(n)], False) for f in range(n) if f != p]
+        return [_kv(members, {p: -row[f] / row[p], f: Fraction(1)}, False) for f in range(n) if f != p]
     full = _nullspace(M, n)
     if not full:
         return []
@@ -218,12 +217,13 @@ def _component_kernel(members: list[int], rows: list[dict], eps_classes: set) ->
     out = [_kv(members, v, False) for v in exact]
     # extend the exact basis to the full kernel; the extra vectors are eps directions: the
     # full-kernel vectors whose columns are pivots of [exact | full] (greedy, left to right)
-    cols = exact + full
-    T = {i: {j: v[i] for j, v in enumerate(cols) if v[i] != 0} for i in range(n)}
-    _, pivots = _rref(T, len(cols))
-    for j in pivots:
-        if j >= len(exact):
-            out.append(_kv(members, full[j - len(exact)], True))
+    if len(exact) < len(full):
+        T: dict[int, dict[int, Fraction]] = {}
+        for j, v in enumerate(exact + full):
+            for i, x in v.items():
+                T.setdefault(i, {})[j] = x
+        _, pivots = _rref(T, len(exact) + len(full))
+        out += [_kv(members, full[j - len(exact)], True) for j in pivots if j >= len(exact)]
     return out
 
 
@@ -238,27 +238,27 @@ def _rref(rows: dict[int, dict[int, Fraction]], ncols: int):
     return R.to_sdm(), list(pivots)
 
 
-def _nullspace(rows: dict[int, dict[int, Fraction]], ncols: int) -> list[list[Fraction]]:
-    """Kernel basis, built like sympy's Matrix.nullspace: one vector per free column f with
-    v[f] = 1 and v[pivot_i] = −R[i, f]."""
+def _nullspace(rows: dict[int, dict[int, Fraction]], ncols: int) -> list[dict[int, Fraction]]:
+    """Kernel basis as sparse vectors, built like sympy's Matrix.nullspace: one vector per free
+    column f with v[f] = 1 and v[pivot_i] = −R[i, f]."""
     R, pivots = _rref(rows, ncols)
     pivot_set = set(pivots)
+    in_col: dict[int, list] = {}
+    for i, pc in enumerate(pivots):
+        for j, x in R.get(i, {}).items():
+            if j not in pivot_set and x:
+                in_col.setdefault(j, []).append((pc, Fraction(int(x.numerator), int(x.denominator))))
     basis = []
     for f in range(ncols):
-        if f in pivot_set:
-            continue
-        vec = [Fraction(0)] * ncols
-        vec[f] = Fraction(1)
-        for i, pc in enumerate(pivots):
-            x = R.get(i, {}).get(f)
-            if x:
-                vec[pc] -= Fraction(int(x.numerator), int(x.denominator))
-        basis.append(vec)
+        if f not in pivot_set:
+            vec = {pc: -x for pc, x in in_col.get(f, [])}
+            vec[f] = Fraction(1)
+            basis.append(vec)
     return basis
 
 
 def _kv(members: list[int], v, eps: bool) -> KernelVector:
-    nz = [(members[i], Fraction(x)) for i, x in enumerate(v) if x != 0]
+    nz = [(members[i], Fraction(v[i])) for i in sorted(v) if v[i] != 0]
     # normalise: first coefficient positive and integer-friendly
     from math import lcm
 

@@ -26,6 +26,7 @@ from .capture import Captured
 @dataclass(frozen=True)
 class ParamRef:
     name: str
+    shape: tuple[int, ...] | None = field(default=None, compare=False)
 
 
 @dataclass
@@ -165,11 +166,16 @@ def _mha_view(cap: Captured, node: fx.Node, m: nn.MultiheadAttention) -> View:
                              "masks": [x for x in masks if isinstance(x, fx.Node)]})
 
 
+def _param_ref(cap: Captured, name: str) -> ParamRef:
+    info = cap.params.get(name)
+    return ParamRef(name, info.shape if info is not None else None)
+
+
 def _pref(cap: Captured, p: Any) -> Any:
     if p is None:
         return None
     name = cap.param_of_obj.get(id(p))
-    return ParamRef(name) if name is not None else None
+    return _param_ref(cap, name) if name is not None else None
 
 
 # ----------------------------------------------------------------------------- functions
@@ -358,7 +364,7 @@ def canonicalize(cap: Captured) -> None:
         # parameters used by this node
         for i, x in enumerate(view.ins):
             if isinstance(x, fx.Node) and x in cap.param_nodes:
-                view.ins[i] = ParamRef(cap.param_nodes[x])
+                view.ins[i] = _param_ref(cap, cap.param_nodes[x])
         for x in view.ins:
             if isinstance(x, ParamRef):
                 cap.sites.setdefault(x.name, []).append(node.name)
@@ -367,11 +373,11 @@ def canonicalize(cap: Captured) -> None:
 def _view(cap: Captured, node: fx.Node) -> View:
     if node.op == "placeholder":
         if node in cap.param_nodes:
-            return View("param", [ParamRef(cap.param_nodes[node])])
+            return View("param", [_param_ref(cap, cap.param_nodes[node])])
         return View("input", [])
     if node.op == "get_attr":
         if node in cap.param_nodes:
-            return View("param", [ParamRef(cap.param_nodes[node])])
+            return View("param", [_param_ref(cap, cap.param_nodes[node])])
         return View("const", [])
     if node.op == "output":
         return View("output", [node.args[0]])

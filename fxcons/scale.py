@@ -74,7 +74,7 @@ class ScaleAnalysis:
         v = x.meta.get("val") if isinstance(x, fx.Node) else x
         if isinstance(v, torch.Tensor):
             return tuple(int(s) for s in v.shape)
-        return None
+        return v.shape if isinstance(v, ParamRef) else None  # a parameter used as a tensor
 
     def out_shape(self, node: fx.Node) -> tuple[int, ...] | None:
         return self.shape(node)
