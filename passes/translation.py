@@ -120,7 +120,7 @@ def _reshape_t(node, v, T):
     F = T[0]
     if F is None:
         return None
-    from passes.rescale import _reshape_groups
+    from .rescale import _reshape_groups
 
     ins, outs = _shape(v.ins[0]), _shape(node)
     groups = _reshape_groups(tuple(ins), tuple(outs))
