@@ -122,7 +122,7 @@ def _module_view(cap: Captured, node: fx.Node, m: nn.Module) -> View:
     if isinstance(m, nn.GroupNorm):
         return View("group_norm", [x, P(m.weight), P(m.bias)], {"groups": m.num_groups})
     if isinstance(m, nn.Embedding):
-        return View("embedding", [x, P(m.weight)], {})
+        return View("embedding", [x, P(m.weight)], {"padding_idx": m.padding_idx})
     if isinstance(m, (nn.ReLU, nn.LeakyReLU)):
         return View("homog", [x], {"fn": type(m).__name__})
     if isinstance(m, nn.PReLU):
@@ -230,9 +230,10 @@ def _function_view(cap: Captured, node: fx.Node, name: str) -> View:
     if name == "group_norm":
         return View("group_norm", [x, _arg(node, 2, "weight"), _arg(node, 3, "bias")], {"groups": _arg(node, 1, "num_groups")})
     if name == "embedding":
-        if isinstance(node.target, torch._ops.OpOverload):  # aten.embedding(weight, indices)
-            return View("embedding", [a[1], a[0]], {})
-        return View("embedding", [x, _arg(node, 1, "weight")], {})
+        if isinstance(node.target, torch._ops.OpOverload):  # aten.embedding(weight, indices, padding_idx=-1)
+            pad = a[2] if len(a) > 2 else node.kwargs.get("padding_idx", -1)
+            return View("embedding", [a[1], a[0]], {"padding_idx": pad if pad is not None and pad >= 0 else None})
+        return View("embedding", [x, _arg(node, 1, "weight")], {"padding_idx": _arg(node, 2, "padding_idx")})
     if name in HOMOGENEOUS:
         return View("homog", [x], {"fn": name})
     if name in ("prelu", "_prelu_kernel"):

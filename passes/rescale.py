@@ -78,10 +78,14 @@ def _conv(A: ScaleAnalysis, node, v):
 
 
 def _embedding(A: ScaleAnalysis, node, v):
+    """A lookup scales like its table's columns. With ``padding_idx`` the lookup gets no
+    gradient for that row (a frozen copy at this site): the looked-up rows cannot all scale."""
     idx, w = v.ins[:2]
     shape = A.out_shape(node)
     t = A.sys.new((shape[-1],))
     A.matrix_site(w.name, None, t, 1)
+    if v.attrs.get("padding_idx") is not None:
+        A.broken(node, "embedding padding_idx: the padding row gets no gradient from the lookup", t)
     return A.at_axis(t, -1, len(shape))
 
 
