@@ -159,7 +159,8 @@ def capture(
     """Capture ``model`` (never mutated) as an fx graph with shapes.
 
     ``frontend``: ``"fx"`` (symbolic_trace), ``"export"`` (torch.export) or ``"auto"`` (fx,
-    falling back to export when symbolic tracing fails).
+    falling back to export when symbolic tracing fails or leaves ``torch.fx.wrap``'ed functions
+    opaque, e.g. torchvision's Swin attention; the fx graph is kept if export fails).
     """
     if not isinstance(model, nn.Module):
         raise CaptureError(f"expected an nn.Module, got {type(model).__name__}")
@@ -190,6 +191,7 @@ def capture(
     for n, p in mm.named_parameters(remove_duplicate=False):
         first_seen.setdefault(id(p), n)
     errors = []
+    fx_cap = None  # an fx capture kept in case export fails (auto mode, opaque wrapped calls)
     if frontend in ("auto", "fx"):
         try:
             gm = _capture_fx(mm, meta_args, meta_kwargs)
@@ -204,29 +206,52 @@ def capture(
                     if isinstance(obj, nn.Parameter):
                         cap.param_nodes[node] = first_seen.get(id(obj), node.target)
             cap.param_of_obj = {pid: nm for pid, nm in first_seen.items()}
-            return cap
+            if frontend == "fx" or not _opaque_wrapped_calls(gm):
+                return cap
+            fx_cap = cap  # torch.fx.wrap'ed functions hide their insides from fx: try export
         except CaptureError:
             raise
         except Exception as e:
             if frontend == "fx":
                 raise CaptureError(f"symbolic_trace failed: {type(e).__name__}: {_first_line(e)}. Try --frontend export") from None
             errors.append(f"symbolic_trace: {type(e).__name__}: {_first_line(e)}")
-            mm = meta_copy(model)
-            mm.train(training)
+        mm = meta_copy(model)
+        mm.train(training)
     try:
         gm, in2p, _ = _capture_export(mm, meta_args, meta_kwargs, training)
     except Exception as e:
+        if fx_cap is not None:
+            return fx_cap
         errors.append(f"torch.export: {type(e).__name__}: {_first_line(e)}")
         raise CaptureError("could not capture the model (" + "; ".join(errors) + ")") from None
     cap = Captured(gm, "export", training, params)
-    by_name = {}
+    by_name = {}  # every alias of a tied parameter -> its canonical name (this copy's objects)
+    canonical: dict[int, str] = {}
     for n, p in mm.named_parameters(remove_duplicate=False):
-        by_name[n] = first_seen[id(p)]
+        by_name[n] = canonical.setdefault(id(p), n)
     for node in gm.graph.nodes:
         if node.op == "placeholder" and node.name in in2p:
             cap.param_nodes[node] = by_name.get(in2p[node.name], in2p[node.name])
     cap.param_of_obj = {}
     return cap
+
+
+def _opaque_wrapped_calls(gm: fx.GraphModule) -> list[str]:
+    """Calls of user functions registered with ``torch.fx.wrap`` (e.g. torchvision's
+    ``shifted_window_attention``): fx records them as one opaque call; torch.export sees inside."""
+    from torch.fx._symbolic_trace import _wrapped_fns_to_patch
+
+    from .ops import _fn_name
+
+    out = []
+    for node in gm.graph.nodes:
+        f = node.target
+        if node.op != "call_function" or _fn_name(f) is not None:
+            continue
+        key = (id(getattr(f, "__globals__", None)), getattr(f, "__name__", None))
+        if key in _wrapped_fns_to_patch:
+            out.append(node.name)
+    return out
 
 
 def _get_attr(gm: nn.Module, target: str) -> Any:
