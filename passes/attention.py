@@ -159,10 +159,7 @@ class HeadAnalysis:
                 self.env[node] = _none_if_empty(rule(self.shape_env, node, v))
                 continue
             handler = getattr(self, "_" + v.kind, None)
-            if handler is None:
-                self._opaque(node, v)
-                continue
-            self.env[node] = handler(node, v)
+            self.env[node] = self._opaque(node, v) if handler is None else handler(node, v)
 
     def _meta(self, node, v):  # shapes and sizes of a tensor are no use of its values
         return None
@@ -172,10 +169,17 @@ class HeadAnalysis:
     def _ins(self, node):
         return [self.env.get(x) for x in node.all_input_nodes]
 
-    def _opaque(self, node, v, why: str | None = None) -> None:
+    def _opaque(self, node, v, why: str | None = None):
+        """Taint every unit reaching ``node``. An elementwise op still passes its first
+        operand's (now tainted) units on, so a head it spoils is reported with this reason."""
         why = why or v.attrs.get("why") or f"op kind {v.kind!r} does not carry attention coordinates"
         self.taint(self._ins(node), node, why)
-        self.env[node] = None
+        first = next((x for x in v.ins if isinstance(x, fx.Node)), None)
+        units = self.env.get(first) if first is not None else None
+        shape = ScaleAnalysis.shape(node)
+        if isinstance(units, np.ndarray) and shape is not None and shape == ScaleAnalysis.shape(first):
+            return units
+        return None
 
     # ------------------------------------------------------------------ rules
     def _dropout(self, node, v):
@@ -348,6 +352,8 @@ class HeadAnalysis:
         """Units x contracted with a unit-free y over other letters (P @ V): new post units,
         one member per position of the letters x shares with y (each position may see a
         different y), linked to x's member there (the same M acts on both)."""
+        if ux is None:
+            return None
         batch = [c for c in tx if c in ty and c in to]
         free = [c for c in tx if c in to and c not in ty]
         summed = [tx.index(c) for c in tx if c not in to]
@@ -551,6 +557,8 @@ def _softmax_absorbs(start: fx.Node, axis: int) -> bool:
         nd = len(ScaleAnalysis.shape(node) or ())
         for user in node.users:
             v = user.meta["fxc"]
+            if _value_free(user):
+                continue
             ins = [x for x in v.ins if x is node]
             if v.kind in ("identity",) or (v.kind == "dropout" and not v.attrs.get("active")):
                 todo.append((user, ax))
@@ -572,6 +580,14 @@ def _softmax_absorbs(start: fx.Node, axis: int) -> bool:
             else:
                 return False
     return True
+
+
+def _value_free(node: fx.Node) -> bool:
+    """Only the shape of the input matters (``ones_like(s[0, 0])``, ``s.size(-1)``)."""
+    kind = node.meta["fxc"].kind
+    if kind == "meta":
+        return True
+    return kind in SHAPE_RULES and bool(node.users) and all(_value_free(u) for u in node.users)
 
 
 def _constant_along(x, neg_axis: int) -> bool:
