@@ -271,6 +271,55 @@ def test_tied_and_unoptimized_parameters():
     assert rep["prediction_rel_error_max"] < 1e-13
 
 
+def test_nonuniform_decay_and_changing_learning_rates():
+    """Per-group weight decays that differ inside one law, a scheduler, and one group's rate changed
+    by hand: the expansion keeps the mismatch terms, so the prediction stays exact."""
+    model, x = relu_mlp()
+    ann = fxcons.annotate(model, (x,), head="classification")
+    named = dict(model.named_parameters())
+    opt = torch.optim.SGD([{"params": [named["0.weight"], named["2.weight"]], "lr": 0.1, "weight_decay": 0.05},
+                           {"params": [p for n, p in named.items() if n not in ("0.weight", "2.weight")],
+                            "lr": 0.02, "weight_decay": 0.0}], lr=0.1)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=2, gamma=0.5)
+    mon = fxcons.monitor(ann, opt, compile=False)
+    g = torch.Generator().manual_seed(0)
+    y = torch.randint(0, 4, (x.shape[0],), generator=g)
+    for k in range(6):
+        opt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+        sched.step()
+        if k == 3:
+            opt.param_groups[1]["lr"] = 0.07
+    rep = mon.report()
+    assert rep["prediction_rel_error_max"] < 1e-13 and rep["orthogonality_max"] < 1e-12
+    assert rep["drift_max"] > 1e-4
+
+
+def test_tied_parameter_is_one_tensor():
+    net, x = relu_mlp()
+
+    class Tied(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net, self.alias = net, net[0]  # the same Linear under two names
+
+        def forward(self, v):
+            return self.net(v)
+
+    model = Tied()
+    fam = LawFamily("tied", "rescale", "exact", "diag",
+                    [Term("net.0.weight", "sq0", 1.0, np.arange(12)[:, None]),
+                     Term("alias.bias", "sq", 1.0, np.arange(12)[:, None]),
+                     Term("net.2.weight", "sq1", -1.0, np.arange(12)[:, None])])
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    mon = Monitor(LawSet([fam]), opt, model=model, compile=False)
+    assert len(mon.tensors) == 3 and mon.pid_of["alias.bias"] != mon.pid_of["net.0.weight"]
+    assert mon.tensors[mon.pid_of["alias.bias"]] is net[0].bias
+    train(model, x, opt, steps=2)
+    assert mon.report()["prediction_rel_error_max"] < 1e-13
+
+
 def test_closure_step_records_drift_only():
     model, x = relu_mlp()
     ann = fxcons.annotate(model, (x,), head="classification")
