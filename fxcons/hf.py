@@ -70,8 +70,10 @@ def build_hf(name: str, opts: dict[str, Any] | None = None) -> LoadedModel:
         raise SpecError(f"hf option task must be 'head' or 'base', got {task!r}")
     batch, seq = int(opts.pop("batch", 2)), int(opts.pop("seq", 8))
     config_cls = getattr(transformers, recipe.config)
-    fields = {**recipe.defaults, **opts, "use_cache": False}
     known = set(config_cls().to_dict())
+    fields = {**recipe.defaults, **opts}
+    if "use_cache" in known:
+        fields["use_cache"] = False
     unknown = sorted(k for k in opts if k not in known and not hasattr(config_cls, k))
     if unknown:
         raise SpecError(f"hf:{key} has no config field {', '.join(unknown)} (see transformers.{recipe.config})")
