@@ -175,13 +175,12 @@ def _gram(fam: LawFamily, M_of, G_of) -> torch.Tensor:
     H = None
     for t in fam.terms:
         M = M_of(t)
-        if G_of is None:
-            G = M @ M.transpose(1, 2)
-        else:
-            Gm = G_of(t)
-            G = Gm @ M.transpose(1, 2) + M @ Gm.transpose(1, 2)
+        # directional: Σ c (G Mᵀ + M Gᵀ) = S + Sᵀ with S = Σ c G Mᵀ (half the products)
+        G = (M if G_of is None else G_of(t)) @ M.transpose(1, 2)
         G = G * t.coef
         H = G if H is None else H + G
+    if G_of is not None:
+        H = H + H.transpose(1, 2)
     r = H.shape[-1]
     iu = torch.triu_indices(r, r, device=H.device)
     return H[:, iu[0], iu[1]].reshape(-1)
