@@ -220,6 +220,59 @@ def test_bert_post_ln(L):
     check(ann, *bert_expected(L))
 
 
+# ----------------------------------------------------------------------------- norms (§3.4)
+
+def test_group_norm_per_group_scale():
+    """conv1 → GroupNorm(2 groups of 2 channels) → ReLU → conv2 (1×1) → mean pool."""
+    class GN(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c1, self.gn, self.c2 = torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.GroupNorm(2, 4), torch.nn.Conv2d(4, 2, 1)
+
+        def forward(self, x):
+            return self.c2(self.gn(self.c1(x)).relu()).mean((2, 3))
+
+    ann = fxcons.annotate(GN(), (torch.randn(2, 3, 5, 5),))
+    exp = {
+        ("scale", ("c1",)): 2,  # Σ_{c∈g} ‖W1[c]‖² + b1_c², one per group (eps)
+        ("rescale", ("c2", "gn")): 4,  # γ_c, β_c against conv2's input channel c (through ReLU)
+        ("translation", ("c1",)): 1,  # Σ b1 (the translation pass's candidate: all channels)
+    }
+    # LAWS.md §3.5 gives Σ_{c∈g} b1_c per group: 2 laws, of which only their sum is found yet
+    check(ann, exp)
+    (sc,) = [f for f in ann.families if f.kind == "scale"]
+    assert sc.exactness == "eps" and [t.index.tolist() for t in sc.terms] == [[[0, 1], [2, 3]]] * 2
+
+
+def test_norms_written_with_primitive_ops():
+    """LayerNorm spelled (h − μ)/sqrt(var + eps)·g + b and nn.RMSNorm: the `+ eps` is the eps
+    approximation, not a breaker."""
+    class Prim(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.d, self.c = torch.nn.Linear(5, 6), torch.nn.Linear(6, 6), torch.nn.Linear(6, 2)
+            self.g, self.b = torch.nn.Parameter(torch.ones(6)), torch.nn.Parameter(torch.zeros(6))
+            self.r = torch.nn.RMSNorm(6)
+
+        def forward(self, x):
+            h = self.a(x)
+            mu = h.mean(-1, keepdim=True)
+            var = ((h - mu) ** 2).mean(-1, keepdim=True)
+            h = (h - mu) / torch.sqrt(var + 1e-5) * self.g + self.b
+            return self.c(self.r(self.d(h)).relu())
+
+    ann = fxcons.annotate(Prim(), (torch.randn(4, 5),))
+    exp = {
+        ("scale", ("a",)): 1,  # ‖a.W‖² + ‖a.b‖² (eps: the hand-written LayerNorm forgets it)
+        ("rescale", ("b", "d", "g")): 6,  # (g_j, b_j) against d's column j
+        ("scale", ("d",)): 1,  # RMSNorm input
+        ("rescale", ("c", "r")): 6,  # RMSNorm weight_j against c's column j (through ReLU)
+    }
+    # the hand-written mean subtraction also makes a's 1ᵀW (5) and Σb (1) linear laws (§3.5)
+    check(ann, exp, {("translation", ("a",)): 6})
+    assert {f.exactness for f in ann.families if f.kind == "scale"} == {"eps"}
+
+
 # ----------------------------------------------------------------------------- acceptance zoo
 
 def _small(name):
