@@ -118,16 +118,16 @@ class _Plan:
         self.L = len(fam_of_law)
         self.fam_of_law = torch.as_tensor(np.asarray(fam_of_law, dtype=np.int64), device=device)
         if self.lin is not None:  # ‖∇h‖² of a linear law is a constant: Σ c² · (entries summed)
-            ones = [torch.ones(s, dtype=dtype, device=device) for s in shapes]
-            E = self._reduced(self.lin, lambda pid: ones[pid])
+            one = torch.ones((), dtype=dtype, device=device)
+            E = self._reduced(self.lin, lambda pid: one.expand(shapes[pid]))  # a view: no parameter-sized copy
             self.lin["gn2"] = self._scatter(self.lin, self.lin["c2"] * E)
 
     # -- construction
     def _flat(self, fams, shapes, pid_of, weights, fam_of_law) -> dict | None:
         if not fams:
             return None
-        slots: dict[tuple[int, str, int], int] = {}
-        sizes: list[int] = []
+        slots: dict[tuple[int, str, int], tuple[int, int]] = {}  # (pid, reducer, groups) -> (offset, size)
+        total = 0
         gather, lawpos, coef, pids = [], [], [], []
         off = 0
         for fi, f in fams:
@@ -137,13 +137,14 @@ class _Plan:
                 key = (pid, t.reducer, t.groups)
                 if key not in slots:
                     size = reduce_tensor(torch.empty(shapes[pid], device="meta"), t.reducer, t.groups).numel()
-                    slots[key] = sum(sizes)
-                    sizes.append(size)
+                    slots[key] = (total, size)
+                    total += size
+                start, size = slots[key]
                 idx = np.asarray(t.index, dtype=np.int64)
-                if idx.size and (idx.min() < 0 or idx.max() >= sizes[list(slots).index(key)]):
+                if idx.size and (idx.min() < 0 or idx.max() >= size):
                     raise LawInputError(f"law family {f.name!r}: index out of range for {t.param} ({t.reducer})")
                 k = idx.shape[1]
-                gather.append(slots[key] + idx.reshape(-1))
+                gather.append(start + idx.reshape(-1))
                 lawpos.append(off + np.repeat(np.arange(n), k))
                 coef.append(np.full(n * k, t.coef))
                 pids.append(np.full(n * k, pid))
@@ -559,9 +560,7 @@ class Monitor:
         for pid, p in enumerate(self.tensors):
             b = self.optimizer.state.get(p, {}).get("momentum_buffer")
             if b is None or self.group_of[pid] is None or p.grad is None:
-                b = self._zeros.get(-pid - 1)
-                if b is None:
-                    b = self._zeros[-pid - 1] = torch.zeros_like(p)
+                b = torch.zeros_like(p)  # first step (its coefficient B is 0); not kept
             out.append(b)
         return out
 
@@ -592,8 +591,9 @@ class Monitor:
         grads = [self._grad(i) for i in range(len(self.tensors))]
         if self.predicts:
             opt, has_buf = self._opt_rows()
-            bufs = self._buffers() if has_buf else None
-            name = "pre_mom" if has_buf else "pre_sgd"
+            momentum = has_buf or self.kind == "sgd-momentum"  # one compiled variant from the first step on
+            bufs = self._buffers() if momentum else None
+            name = "pre_mom" if momentum else "pre_sgd"
         else:
             opt, bufs, name = None, None, "pre_drift"
         orth, V, M, pred, live = self._run(name, self.plan.pre, self.tensors, grads, bufs, opt)
