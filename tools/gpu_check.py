@@ -2,11 +2,12 @@
 and a small Transformer. Prints the figures; exits 0 when all checks pass, 1 otherwise, and
 0 with a SKIP line when there is no CUDA device.
 
-    python tools/gpu_check.py            # ~2-4 minutes on one GPU, most of it compilation
+    python tools/gpu_check.py            # a few minutes on one GPU, most of it compilation
     python tools/gpu_check.py --quick    # fewer steps, eager only
 
 Checks, per model:
-* training with the monitor attached, eager and with the module and the law kernels compiled;
+* training with the monitor attached: eager SGD, eager AdamW, and SGD with the module and the
+  law kernels compiled;
 * no host synchronisation in steady-state steps (torch.cuda.set_sync_debug_mode("error") around
   them: a sync inside the training step or the monitor's hooks raises);
 * exact-law orthogonality below the monitor's tolerance (TF32 convolutions are on by default,
@@ -126,34 +127,35 @@ def main(argv=None) -> int:
         torch.set_num_threads(1)
         args.quick, args.steps = True, 2
         dev = torch.device("cpu")
-        print("# DRY RUN ON CPU: timings and residuals below are CPU figures, not a GPU check")
+        print("# DRY RUN ON CPU with small models (titles name the GPU sizes): CPU figures, not a GPU check")
     elif not torch.cuda.is_available():
         print("SKIP: no CUDA device (torch.cuda.is_available() is False); nothing was checked")
         return 0
     else:
         dev = torch.device("cuda")
-    print(f"# {torch.cuda.get_device_name() if dev.type == 'cuda' else 'cpu'}  torch {torch.__version__}  cudnn.allow_tf32="
+    name = torch.cuda.get_device_name() if dev.type == "cuda" else "cpu"
+    print(f"# {name}  torch {torch.__version__}  cudnn.allow_tf32="
           f"{torch.backends.cudnn.allow_tf32}  matmul.allow_tf32={torch.backends.cuda.matmul.allow_tf32}")
     ok = True
     for title, factory, data, batch, lr in CASES:
-        for compiled in ([False] if args.quick else [False, True]):
-            for optimizer in ("sgd", "adamw"):
-                model, example = factory()
-                r = run_one(title, model, example, data, batch, lr, compiled, optimizer,
-                            5 if args.quick else args.steps, dev)
-                rep = r["rep"]
-                good = rep["ok"] and r["sync_error"] is None
-                if optimizer == "sgd":
-                    good &= (rep["prediction_rel_error_max"] or 0) < 1e-4
-                ok &= good
-                pe = rep["prediction_rel_error_max"]
-                print(f"{'PASS' if good else 'FAIL'} {title} | {'compiled' if compiled else 'eager':8s} | {optimizer:5s} | "
-                      f"step {r['step_ms_without']:.2f} ms -> {r['step_ms_with']:.2f} ms with monitor "
-                      f"(x{r['ratio']:.3f}) | orth(exact) {rep['orthogonality_max']:.1e} tol {rep['tolerance']:.0e} | "
-                      f"orth(eps) {_f(rep['orthogonality_max_eps'])} | pred.err(exact) {_f(pe)} | "
-                      f"drift {_f(rep['drift_max'])} | kernels {'compiled' if rep['compiled'] else 'eager'} | "
-                      f"warm-up {r['warmup_s']:.0f} s | host sync: {r['sync_error'] or 'none'}"
-                      + (f" | flagged {rep['flagged'][:3]}" if rep["flagged"] else ""), flush=True)
+        runs = [(False, "sgd"), (False, "adamw")] + ([] if args.quick else [(True, "sgd")])
+        for compiled, optimizer in runs:
+            model, example = factory()
+            r = run_one(title, model, example, data, batch, lr, compiled, optimizer,
+                        5 if args.quick else args.steps, dev)
+            rep = r["rep"]
+            good = rep["ok"] and r["sync_error"] is None
+            if optimizer == "sgd":
+                good &= (rep["prediction_rel_error_max"] or 0) < 1e-4
+            ok &= good
+            pe = rep["prediction_rel_error_max"]
+            print(f"{'PASS' if good else 'FAIL'} {title} | {'compiled' if compiled else 'eager':8s} | {optimizer:5s} | "
+                  f"step {r['step_ms_without']:.2f} ms -> {r['step_ms_with']:.2f} ms with monitor "
+                  f"(x{r['ratio']:.3f}) | orth(exact) {rep['orthogonality_max']:.1e} tol {rep['tolerance']:.0e} | "
+                  f"orth(eps) {_f(rep['orthogonality_max_eps'])} | pred.err(exact) {_f(pe)} | "
+                  f"drift {_f(rep['drift_max'])} | kernels {'compiled' if rep['compiled'] else 'eager'} | "
+                  f"warm-up {r['warmup_s']:.0f} s | host sync: {r['sync_error'] or 'none'}"
+                  + (f" | flagged {rep['flagged'][:3]}" if rep["flagged"] else ""), flush=True)
     print("ALL PASS" if ok else "SOME CHECKS FAILED")
     return 0 if ok else 1
 

@@ -233,8 +233,8 @@ def main(argv=None) -> int:
                                                            [r["final_drift_aggregate"] for r in small])
     csv_path = os.path.join(out, "sgd_drift.csv")
     cols = ["model", "experiment", "lr", "steps", "horizon", "final_drift_max", "final_drift_max_exact",
-            "final_drift_aggregate", "final_drift_aggregate_all", "cumulative_error_max", "prediction_rel_error_max", "orthogonality_max",
-            "loss_final", "time_s"]
+            "final_drift_aggregate", "final_drift_aggregate_all", "cumulative_error_max", "prediction_rel_error_max",
+            "orthogonality_max", "loss_final", "time_s"]
     with open(csv_path, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(cols)
