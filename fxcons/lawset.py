@@ -89,35 +89,40 @@ class LawFamily:
         elem = (lambda p: p.square()) if self.form == "diag" else (lambda p: p)
         return _combine(self, lambda t: elem(params[t.param]), cache, "v")
 
-    def directional(self, params: Mapping[str, torch.Tensor], grads: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        """<∇h(θ), g> for every law h of the family (exact), shape (count,)."""
-        if self.form == "gram":
-            return _gram(self, lambda t: _blocks(t, params[t.param]), lambda t: _blocks(t, grads[t.param]))
-        if self.form == "diag":
-            return 2 * _combine(self, lambda t: params[t.param] * grads[t.param], None, "d")
-        return _combine(self, lambda t: grads[t.param], None, "d")
+    def directional(self, params: Mapping[str, torch.Tensor], grads: Mapping[str, torch.Tensor],
+                    cache: dict | None = None) -> torch.Tensor:
+        """<∇h(θ), g> for every law h of the family (exact), shape (count,).
 
-    def grad_norm(self, params: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        ``cache``: a dict shared by the calls of one (θ, g) pair (all families of one oracle
+        probe), so a parameter's reductions and blocks are computed once."""
+        if self.form == "gram":
+            return _gram(self, lambda t: _blocks(t, params[t.param], cache, "θ"),
+                         lambda t: _blocks(t, grads[t.param], cache, "g"))
+        if self.form == "diag":
+            return 2 * _combine(self, lambda t: params[t.param] * grads[t.param], cache, "dθg")
+        return _combine(self, lambda t: grads[t.param], cache, "dg")
+
+    def grad_norm(self, params: Mapping[str, torch.Tensor], cache: dict | None = None) -> torch.Tensor:
         """‖∇h(θ)‖ for every law (upper bound when the slices of two terms overlap)."""
         if self.form == "gram":
-            D = _gram_diag(self, lambda t: _blocks(t, params[t.param]), square_coef=True)
+            D = _gram_diag(self, lambda t: _blocks(t, params[t.param], cache, "θ"), square_coef=True)
             r = D.shape[-1]
             iu = torch.triu_indices(r, r, device=D.device)
             a, b = iu[0], iu[1]
             n2 = torch.where(a == b, 4 * D[:, a], D[:, a] + D[:, b])
             return n2.reshape(-1).sqrt()
         if self.form == "diag":
-            return (4 * _combine(self, lambda t: params[t.param].square(), None, "n", square_coef=True)).sqrt()
-        return _combine(self, lambda t: torch.ones_like(params[t.param]), None, "n", square_coef=True).sqrt()
+            return (4 * _combine(self, lambda t: params[t.param].square(), cache, "nθθ", square_coef=True)).sqrt()
+        return _combine(self, lambda t: torch.ones_like(params[t.param]), cache, "n1", square_coef=True).sqrt()
 
-    def support_norm(self, grads: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    def support_norm(self, grads: Mapping[str, torch.Tensor], cache: dict | None = None) -> torch.Tensor:
         """‖g restricted to the entries the law depends on‖, shape (count,)."""
         if self.form == "gram":
-            D = _gram_diag(self, lambda t: _blocks(t, grads[t.param]), square_coef=None)
+            D = _gram_diag(self, lambda t: _blocks(t, grads[t.param], cache, "g"), square_coef=None)
             r = D.shape[-1]
             iu = torch.triu_indices(r, r, device=D.device)
             return (D[:, iu[0]] + torch.where(iu[0] == iu[1], 0, 1) * D[:, iu[1]]).reshape(-1).sqrt()
-        sq = _combine(self, lambda t: grads[t.param].square(), None, "s", abs_coef=True,
+        sq = _combine(self, lambda t: grads[t.param].square(), cache, "sgg", abs_coef=True,
                       reducer_map=_SQUARED_REDUCER)
         return sq.sqrt()
 
@@ -164,11 +169,17 @@ def reduce_tensor(p: torch.Tensor, reducer: str, groups: int = 1) -> torch.Tenso
     raise ValueError(f"unknown reducer {reducer}")
 
 
-def _blocks(t: Term, p: torch.Tensor) -> torch.Tensor:
+def _blocks(t: Term, p: torch.Tensor, cache: dict | None = None, tag: str = "") -> torch.Tensor:
     """(blocks, r, rest): the rows of θ (moved to ``t.axis``) selected by the term's index."""
+    key = (tag, t.param, t.axis, id(t.index)) if cache is not None else None
+    if key is not None and key in cache:
+        return cache[key]
     M = torch.movedim(p, t.axis, 0)
     idx = torch.as_tensor(t.index, device=p.device)
-    return M[idx].reshape(idx.shape[0], idx.shape[1], -1)
+    out = M[idx].reshape(idx.shape[0], idx.shape[1], -1)
+    if key is not None:
+        cache[key] = out
+    return out
 
 
 def _gram(fam: LawFamily, M_of, G_of) -> torch.Tensor:

@@ -694,9 +694,10 @@ def drop_gram_diagonals(fams: list[LawFamily], grams: list[LawFamily], conserved
                 if items:
                     target.add(_square_key(items))
                     target.add(_square_key([(p, r, gg, i, -c) for p, r, gg, i, c in items]))
+    gram_params = {t.param for g in grams for t in g.terms}
     out = []
     for f in fams:
-        if f.form != "diag":
+        if f.form != "diag" or not gram_params.intersection(f.params):
             out.append(f)
             continue
         keep = [u for u, k in enumerate(_diag_law_keys(f)) if _square_key(k) not in target]
