@@ -152,13 +152,14 @@ def audit_one(spec: str, zoo: str, size: int | None, batch: int, verify: bool, p
     except Exception as e:
         return {**row, "status": "crash", "reason": _exc_line(e), "where": _engine_frame(e.__traceback__),
                 "annotate_s": round(time.perf_counter() - t1, 3)}
+    counts = ann.counts()
     row.update(
         captured=True,
         frontend=ann.frontend,
         annotate_s=round(time.perf_counter() - t1, 3),
         capture_s=round(ann.timings.get("capture", 0.0), 3),
         analysis_s=round(ann.timings.get("analysis", 0.0), 3),
-        counts={k: ann.counts().get(k, 0) for k in KINDS},
+        counts={k: counts.get(k, 0) for k in KINDS},
         total=ann.total_laws,
         families=len(ann.families),
         eps_laws=sum(f.count for f in ann.families if f.exactness == "eps"),
@@ -222,7 +223,8 @@ def run_worker(spec: str, args) -> dict:
     """Audit ``spec`` in a fresh interpreter; a crash, a kill or a timeout becomes a row."""
     cmd = [sys.executable, os.path.abspath(__file__), "--worker", spec, "--zoo", args.zoo,
            "--batch", str(args.batch), "--probes", str(args.probes), "--head", args.head,
-           "--max-verify-params", str(args.max_verify_params), "--verify" if args.verify else "--no-verify"]
+           "--max-verify-params", str(args.max_verify_params), "--threads", str(args.threads),
+           "--verify" if args.verify else "--no-verify"]
     if args.size:
         cmd += ["--size", str(args.size)]
     base = {"model": spec.split(":", 1)[1], "spec": spec, "captured": False}
