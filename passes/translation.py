@@ -32,14 +32,20 @@ class _Broken:
 BROKEN = _Broken()  # a tangent no rule can absorb any more
 
 
-def _ndim(node) -> int:
-    v = node.meta.get("val") if isinstance(node, fx.Node) else None
-    return v.dim() if hasattr(v, "dim") else 0
+#: shapes of the parameters of the graph being analysed (raw parameter operands are ParamRef)
+_PARAM_SHAPES: dict[str, tuple[int, ...]] = {}
 
 
 def _shape(node):
+    if isinstance(node, ParamRef):
+        return tuple(_PARAM_SHAPES[node.name])
     v = node.meta.get("val") if isinstance(node, fx.Node) else None
     return tuple(v.shape) if hasattr(v, "shape") else None
+
+
+def _ndim(node) -> int:
+    shape = _shape(node)
+    return len(shape) if shape is not None else 0
 
 
 def _with_unit_axes(F: frozenset, shape) -> frozenset:
@@ -214,6 +220,8 @@ def _mul_t(node, v, T):
         other = v.ins[1 - k]
         F = _align(F, _shape(x), out)
         oshape = _shape(other)
+        if oshape is None and isinstance(other, (fx.Node, ParamRef)):
+            return BROKEN  # a tensor of unknown shape: nothing is known to stay constant
         if oshape is not None:  # multiplied by a tensor: constant only where it is
             const = {a + len(out) - len(oshape) for a, s in enumerate(oshape) if s == 1} | set(range(len(out) - len(oshape)))
             F = F & frozenset(const)
@@ -430,6 +438,8 @@ def _law_reducer(kind: str, direction: str, layout: str, ndim: int) -> str:
 
 
 def translation_pass(cap, head, fams):
+    _PARAM_SHAPES.clear()
+    _PARAM_SHAPES.update({n: p.shape for n, p in cap.params.items()})
     sites = _sites(cap)
     new: list[LawFamily] = []
     for name, uses in sites.items():
