@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import torch
@@ -54,6 +55,13 @@ class Captured:
 
     def trainable(self, name: str) -> bool:
         return self.params[name].trainable
+
+    @cached_property
+    def node_order(self) -> tuple[list[fx.Node], dict[fx.Node, int]]:
+        """The graph's nodes in topological order and each node's position (the passes do not
+        change the graph, so this is computed once)."""
+        nodes = list(self.gm.graph.nodes)
+        return nodes, {n: i for i, n in enumerate(nodes)}
 
 
 class LeafTracer(fx.Tracer):
@@ -112,7 +120,22 @@ def param_table(model: nn.Module) -> tuple[dict[str, ParamInfo], dict[int, str]]
     return table, canon
 
 
+#: leaf modules whose output is a tensor like their input (batch norms run a slow Python
+#: decomposition on meta tensors; their shape rule is just this, after the channel check)
+_SHAPE_PRESERVING = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+
+
 class _MetaRecorder(fx.Interpreter):
+    def call_module(self, target: str, args: tuple, kwargs: dict) -> Any:
+        mod = self.fetch_attr(target)
+        if type(mod) in _SHAPE_PRESERVING and len(args) == 1 and not kwargs and isinstance(args[0], torch.Tensor):
+            x = args[0]
+            mod._check_input_dim(x)
+            if x.shape[1] != mod.num_features:
+                raise RuntimeError(f"{type(mod).__name__}({mod.num_features}) got {x.shape[1]} channels")
+            return torch.empty_like(x)
+        return super().call_module(target, args, kwargs)
+
     def run_node(self, n: fx.Node) -> Any:
         try:
             out = super().run_node(n)

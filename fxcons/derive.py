@@ -6,9 +6,6 @@ parameters, reductions and coefficients, different unit indices) are grouped int
 """
 from __future__ import annotations
 
-from collections import defaultdict
-from fractions import Fraction
-
 import numpy as np
 
 from .lawset import LawFamily, Term
@@ -37,6 +34,12 @@ def _param_var_table(A: ScaleAnalysis):
 
 
 def scale_families(A: ScaleAnalysis) -> list[LawFamily]:
+    """Kernel vectors -> diag law families, vectorised over all laws (numpy, no per-term Python).
+
+    A kernel vector puts a coefficient on equality classes; every parameter unknown of a class
+    contributes the squared norm of the slice it scales (column unknowns with a minus sign).
+    Each law's terms are sorted by (slot, coefficient, index); laws whose (slot, coefficient)
+    sequences agree form one family, in order of first appearance in the kernel basis."""
     sol = A.sys.solve()
     var, slot, idx, slot_keys = _param_var_table(A)
     if var.size == 0:
@@ -44,44 +47,49 @@ def scale_families(A: ScaleAnalysis) -> list[LawFamily]:
     cls = sol.label[var]
     order = np.argsort(cls, kind="stable")
     cls_sorted = cls[order]
-    bounds = np.flatnonzero(np.diff(cls_sorted)) + 1
-    starts = np.concatenate([[0], bounds])
-    ends = np.concatenate([bounds, [len(cls_sorted)]])
-    members = {int(cls_sorted[s]): order[s:e] for s, e in zip(starts, ends)}
-    kernel = sol.kernel(np.array(list(members.keys())))
+    vec, vcls, vcoef, veps = sol.kernel(np.unique(cls)).pairs()
+    # expand each (vector, class) pair to the parameter unknowns of its class
+    lo = np.searchsorted(cls_sorted, vcls, "left")
+    cnt = np.searchsorted(cls_sorted, vcls, "right") - lo
+    rep = np.repeat(np.arange(len(vec)), cnt)
+    offs = np.arange(rep.size) - np.repeat(np.cumsum(cnt) - cnt, cnt)
+    member = order[lo[rep] + offs]
     # input-side (column) unknowns u_in enter a weight's rate as −u_in
     in_red = {n: ("sq1" if pv.out_axis == 0 else "sq0") for n, pv in A.params.items() if pv.role == "matrix"}
-    slot_sign = [-1 if in_red.get(n) == red else 1 for n, red, _ in slot_keys]
-    # law = list of (slot, index, coef)
-    groups: dict[tuple, list[list[tuple[int, int, Fraction]]]] = defaultdict(list)
-    for kv in kernel:
-        terms = []
-        for c, coef in zip(kv.classes.tolist(), kv.coefs):
-            m = members.get(c)
-            if m is None:
-                continue
-            for s, i in zip(slot[m].tolist(), idx[m].tolist()):
-                terms.append((s, i, coef * slot_sign[s]))
-        if not terms:
-            continue
-        terms.sort(key=lambda t: (t[0], float(t[2]), t[1]))
-        sig = (kv.eps, tuple((s, c) for s, _, c in terms))
-        groups[sig].append(terms)
+    slot_sign = np.array([-1.0 if in_red.get(n) == red else 1.0 for n, red, _ in slot_keys])
+    law, s, i = vec[rep], slot[member], idx[member]
+    c = vcoef[rep] * slot_sign[s]
+    srt = np.lexsort((i, c, s, law))
+    law, s, i, c = law[srt], s[srt], i[srt], c[srt]
+    if law.size == 0:
+        return []
+    starts = np.flatnonzero(np.r_[True, law[1:] != law[:-1]])
+    ends = np.r_[starts[1:], law.size]
+    lengths = ends - starts
+    groups: list[tuple[int, bool, int, np.ndarray]] = []  # (first law, eps, length, law starts)
+    for L in np.unique(lengths).tolist():
+        st = starts[lengths == L]
+        pos = st[:, None] + np.arange(L)[None, :]
+        sig = np.concatenate([veps[law[st]][:, None].astype(np.float64), s[pos].astype(np.float64), c[pos]], axis=1)
+        _, first, inv = np.unique(sig, axis=0, return_index=True, return_inverse=True)
+        inv = inv.reshape(-1)
+        by_group = np.argsort(inv, kind="stable")
+        cuts = np.searchsorted(inv[by_group], np.arange(len(first) + 1))
+        for g in range(len(first)):
+            groups.append((int(law[st[first[g]]]), bool(sig[first[g], 0]), L, st[by_group[cuts[g]:cuts[g + 1]]]))
+    groups.sort(key=lambda grp: grp[0])  # families in order of first appearance in the basis
     fams = []
-    for (eps, sig), laws in groups.items():
-        laws.sort(key=lambda law: law[0][1])
-        terms: list[Term] = []
+    for _, eps, L, st in groups:
+        st = st[np.argsort(i[st], kind="stable")]  # laws ordered by their first index
+        pos = st[:, None] + np.arange(L)[None, :]
+        index = i[pos]
+        sig_s, sig_c = s[st[0]:st[0] + L], c[st[0]:st[0] + L]
         # consecutive entries of the signature with the same (slot, coef) form one term
-        k = 0
-        while k < len(sig):
-            j = k
-            while j < len(sig) and sig[j] == sig[k]:
-                j += 1
-            s, coef = sig[k]
-            name, red, g = slot_keys[s]
-            index = np.array([[law[q][1] for q in range(k, j)] for law in laws], dtype=np.int64)
-            terms.append(Term(name, red, float(coef), index, groups=g))
-            k = j
+        cuts = np.flatnonzero(np.r_[True, (sig_s[1:] != sig_s[:-1]) | (sig_c[1:] != sig_c[:-1]), True])
+        terms: list[Term] = []
+        for k, j in zip(cuts[:-1].tolist(), cuts[1:].tolist()):
+            name, red, g = slot_keys[int(sig_s[k])]
+            terms.append(Term(name, red, float(sig_c[k]), np.ascontiguousarray(index[:, k:j]), groups=g))
         fams.append(_named_family(terms, "scale" if eps else "rescale", "eps" if eps else "exact"))
     return fams
 

@@ -162,20 +162,22 @@ class Solution:
         self.eps_classes = set(label[eps_vars].tolist()) if len(eps_vars) else set()
         self.rows = rows  # keyed by class labels
 
-    def kernel(self, relevant_classes: np.ndarray) -> list[KernelVector]:
-        """A basis of the kernel, restricted to components that touch ``relevant_classes``."""
-        relevant = set(int(c) for c in np.unique(relevant_classes)) - {self.zero_class}
-        # classes coupled by general rows
-        row_classes = set()
-        for r in self.rows:
-            row_classes.update(r)
-        out: list[KernelVector] = []
-        for c in sorted(relevant - row_classes):
-            out.append(KernelVector(np.array([c]), [Fraction(1)], c in self.eps_classes))
-        if not self.rows:
-            return out
-        # components of the row graph
-        cls = sorted(row_classes)
+    def kernel(self, relevant_classes: np.ndarray) -> "Kernel":
+        """A basis of the kernel, restricted to components that touch ``relevant_classes``.
+
+        Most basis vectors are a single free equality class (coefficient 1); they stay arrays.
+        Classes coupled by general rows get exact rational bases per connected component."""
+        relevant = np.setdiff1d(np.unique(relevant_classes), [self.zero_class])
+        row_classes = np.array(sorted({c for r in self.rows for c in r}), dtype=np.int64)
+        singles = np.setdiff1d(relevant, row_classes)  # sorted
+        general: list[KernelVector] = []
+        if self.rows:
+            general = self._coupled_kernel(row_classes, set(relevant.tolist()))
+        return Kernel(singles, np.isin(singles, np.array(sorted(self.eps_classes), dtype=np.int64)), general)
+
+    def _coupled_kernel(self, cls: np.ndarray, relevant: set) -> list[KernelVector]:
+        """Kernel vectors of the components of the general rows' coupling graph."""
+        cls = cls.tolist()
         pos = {c: i for i, c in enumerate(cls)}
         ra, rb = [], []
         for r in self.rows:
@@ -190,11 +192,38 @@ class Solution:
         rows_by_comp: dict[int, list[dict]] = {}
         for r in self.rows:
             rows_by_comp.setdefault(int(comp[pos[next(iter(r))]]), []).append(r)
+        out: list[KernelVector] = []
         for k, members in by_comp.items():
             if not relevant.intersection(members):
                 continue
             out.extend(_component_kernel(members, rows_by_comp[k], self.eps_classes))
         return out
+
+
+@dataclass
+class Kernel:
+    """A kernel basis: ``singles[i]`` is the vector 1 on that one class (``single_eps[i]``: an
+    eps direction); ``general`` holds the vectors of classes coupled by general rows."""
+
+    singles: np.ndarray
+    single_eps: np.ndarray
+    general: list[KernelVector]
+
+    def __len__(self) -> int:
+        return len(self.singles) + len(self.general)
+
+    def pairs(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Flat (vector, class, coefficient) triples in basis order, and each vector's eps flag."""
+        n1 = len(self.singles)
+        vec = [np.arange(n1, dtype=np.int64)]
+        cls = [self.singles.astype(np.int64)]
+        coef = [np.ones(n1)]
+        for k, kv in enumerate(self.general):
+            vec.append(np.full(len(kv.classes), n1 + k, dtype=np.int64))
+            cls.append(np.asarray(kv.classes, dtype=np.int64))
+            coef.append(np.array([float(c) for c in kv.coefs]))
+        eps = np.concatenate([self.single_eps.astype(bool), np.array([kv.eps for kv in self.general], dtype=bool)])
+        return np.concatenate(vec), np.concatenate(cls), np.concatenate(coef), eps
 
 
 def _component_kernel(members: list[int], rows: list[dict], eps_classes: set) -> list[KernelVector]:

@@ -32,13 +32,9 @@ class _Broken:
 BROKEN = _Broken()  # a tangent no rule can absorb any more
 
 
-#: shapes of the parameters of the graph being analysed (raw parameter operands are ParamRef)
-_PARAM_SHAPES: dict[str, tuple[int, ...]] = {}
-
-
 def _shape(node):
-    if isinstance(node, ParamRef):
-        return tuple(_PARAM_SHAPES[node.name])
+    if isinstance(node, ParamRef):  # a parameter used as a tensor carries its own shape
+        return tuple(node.shape) if node.shape is not None else None
     v = node.meta.get("val") if isinstance(node, fx.Node) else None
     return tuple(v.shape) if hasattr(v, "shape") else None
 
@@ -324,8 +320,7 @@ RULES["dropout"] = _dropout_t
 
 def propagate(cap, starts: dict[fx.Node, frozenset], head: str | None) -> bool:
     """True if the tangents injected at ``starts`` are absorbed on every path."""
-    nodes = list(cap.gm.graph.nodes)
-    pos = {n: i for i, n in enumerate(nodes)}
+    nodes, pos = cap.node_order
     T: dict[fx.Node, object] = dict(starts)
     first = min(pos[n] for n in starts)
     for node in nodes[first:]:
@@ -438,8 +433,6 @@ def _law_reducer(kind: str, direction: str, layout: str, ndim: int) -> str:
 
 
 def translation_pass(cap, head, fams):
-    _PARAM_SHAPES.clear()
-    _PARAM_SHAPES.update({n: p.shape for n, p in cap.params.items()})
     sites = _sites(cap)
     new: list[LawFamily] = []
     for name, uses in sites.items():
