@@ -65,19 +65,7 @@ def scale_families(A: ScaleAnalysis) -> list[LawFamily]:
         return []
     starts = np.flatnonzero(np.r_[True, law[1:] != law[:-1]])
     ends = np.r_[starts[1:], law.size]
-    lengths = ends - starts
-    groups: list[tuple[int, bool, int, np.ndarray]] = []  # (first law, eps, length, law starts)
-    for L in np.unique(lengths).tolist():
-        st = starts[lengths == L]
-        pos = st[:, None] + np.arange(L)[None, :]
-        sig = np.concatenate([veps[law[st]][:, None].astype(np.float64), s[pos].astype(np.float64), c[pos]], axis=1)
-        _, first, inv = np.unique(sig, axis=0, return_index=True, return_inverse=True)
-        inv = inv.reshape(-1)
-        by_group = np.argsort(inv, kind="stable")
-        cuts = np.searchsorted(inv[by_group], np.arange(len(first) + 1))
-        for g in range(len(first)):
-            groups.append((int(law[st[first[g]]]), bool(sig[first[g], 0]), L, st[by_group[cuts[g]:cuts[g + 1]]]))
-    groups.sort(key=lambda grp: grp[0])  # families in order of first appearance in the basis
+    groups = _group_by_signature(law, s, c, veps, starts, ends)
     fams = []
     for _, eps, L, st in groups:
         st = st[np.argsort(i[st], kind="stable")]  # laws ordered by their first index
@@ -92,6 +80,41 @@ def scale_families(A: ScaleAnalysis) -> list[LawFamily]:
             terms.append(Term(name, red, float(sig_c[k]), np.ascontiguousarray(index[:, k:j]), groups=g))
         fams.append(_named_family(terms, "scale" if eps else "rescale", "eps" if eps else "exact"))
     return fams
+
+
+def _group_by_signature(law, s, c, veps, starts, ends) -> list[tuple[int, bool, int, np.ndarray]]:
+    """Group laws whose (eps, slot sequence, coefficient sequence) agree.
+
+    Each law gets a 64-bit polynomial hash of its signature (one vectorised pass); laws are
+    grouped by (eps, length, hash), and every group is then compared entry by entry, so a hash
+    collision splits a group instead of merging different signatures. Returns
+    ``(first law, eps, length, law starts)`` in order of first appearance."""
+    lengths = ends - starts
+    nlaw = len(starts)
+    which = np.repeat(np.arange(nlaw), lengths)
+    k = np.arange(law.size) - starts[which]
+    rng = np.random.default_rng(0x5EED)
+    w = rng.integers(1, 2**63, size=int(lengths.max()), dtype=np.uint64) | np.uint64(1)
+    with np.errstate(over="ignore"):
+        tok = (s.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)) ^ c.view(np.uint64)
+        h = np.add.reduceat(tok * w[k], starts) if law.size else np.zeros(0, np.uint64)
+    e = veps[law[starts]].astype(np.int64)
+    srt = np.lexsort((np.arange(nlaw), h, lengths, e))  # stable: law order inside a group
+    key = np.stack([e[srt], lengths[srt], h[srt].view(np.int64)], axis=1)
+    cut = np.flatnonzero(np.r_[True, (key[1:] != key[:-1]).any(axis=1), True])
+    out = []
+    for a, b in zip(cut[:-1].tolist(), cut[1:].tolist()):
+        st = starts[srt[a:b]]
+        L = int(lengths[srt[a]])
+        pos = st[:, None] + np.arange(L)[None, :]
+        pending = np.ones(len(st), dtype=bool)
+        while pending.any():  # exact comparison against the group's first pending law
+            ref = int(np.flatnonzero(pending)[0])
+            same = pending & (s[pos] == s[pos[ref]]).all(axis=1) & (c[pos] == c[pos[ref]]).all(axis=1)
+            out.append((int(law[st[ref]]), bool(e[srt[a]]), L, st[same]))
+            pending &= ~same
+    out.sort(key=lambda grp: grp[0])
+    return out
 
 
 def module_of(param: str) -> str:
@@ -122,52 +145,75 @@ def dedupe_names(fams: list[LawFamily]) -> None:
         f.name = base if n == 0 else f"{base}#{n + 1}"
 
 
-def _diag_law_keys(fam: LawFamily) -> list[frozenset]:
-    """Per law of a diag family: the set of (param, reducer-axis, index, coef) it sums."""
-    keys = []
-    for u in range(fam.blocks):
-        items = []
-        for t in fam.terms:
-            for i in t.index[u].tolist():
-                items.append((t.param, t.reducer, t.groups, int(i), float(t.coef)))
-        keys.append(frozenset(items))
-    return keys
+_GRAM_AXIS_REDUCER = {0: "sq0", 1: "sq1"}
 
 
-def _gram_diagonal_keys(gram: LawFamily) -> set[frozenset]:
-    """The diagonal entries of a gram family written as diag-law keys (row slices of θ)."""
-    keys = set()
-    r = gram.terms[0].index.shape[1]
-    for b in range(gram.blocks):
-        for j in range(r):
-            items = []
-            for t in gram.terms:
-                i = int(t.index[b, j])
-                red = {0: "sq0", 1: "sq1"}.get(t.axis)
-                if red is None:
-                    return set()
-                items.append((t.param, red, 1, i, float(t.coef)))
-            keys.add(frozenset(items))
-    return keys
+def _canonical(parts: list[tuple[tuple, np.ndarray]]) -> tuple[tuple, np.ndarray]:
+    """A law's square terms as (signature, index rows) with a canonical order.
+
+    ``parts``: (key, index (n, k)) per term, key = (param, reducer, groups, coef); a 1-D
+    parameter's entry squares (``sq``) and its rows (``sq0``) are the same squares. Terms with
+    equal keys are merged and their indices sorted, so two spellings of the same sum of squares
+    have the same signature and the same rows."""
+    merged: dict[tuple, list[np.ndarray]] = {}
+    for (p, red, g, c), idx in parts:
+        merged.setdefault((p, "sq0" if red == "sq" else red, int(g), float(c)), []).append(idx)
+    sig, cols = [], []
+    for key in sorted(merged):
+        block = np.concatenate(merged[key], axis=1)
+        if block.shape[1] > 1:
+            block = np.sort(block, axis=1)
+        sig.append((key, block.shape[1]))
+        cols.append(block)
+    rows = np.ascontiguousarray(np.concatenate(cols, axis=1), dtype=np.int64) if cols else np.zeros((0, 0), np.int64)
+    return tuple(sig), rows
 
 
-def remove_subsumed(fams: list[LawFamily], gram: LawFamily) -> list[LawFamily]:
-    """Drop diag laws that are diagonal entries of ``gram`` (GL(r) contains the rescalings).
+def _gram_diagonal_parts(gram: LawFamily, drop: frozenset, sign: float) -> list[tuple[tuple, np.ndarray]] | None:
+    """The diagonal entries H[b][j, j] of a gram family as diag-law parts (one row per (b, j))."""
+    parts = []
+    for t in gram.terms:
+        red = _GRAM_AXIS_REDUCER.get(t.axis)
+        if red is None:
+            return None
+        if t.param not in drop:
+            parts.append(((t.param, red, 1, sign * t.coef), t.index.reshape(-1, 1)))
+    return parts or None
 
-    A 1-D parameter (bias) slice ``b[i]`` is written with reducer ``sq`` in diag laws and as
-    axis-0 rows in gram terms; both spell the same square, so they are matched as equal.
-    """
-    target = {frozenset((p, "sq0" if red == "sq" else red, g, i, c) for p, red, g, i, c in k)
-              for k in _gram_diagonal_keys(gram)}
+
+def remove_subsumed(fams: list[LawFamily], grams: list[LawFamily], *, both_signs: bool = False,
+                    conserved: frozenset | set = frozenset()) -> list[LawFamily]:
+    """Drop the diag laws that are diagonal entries of a gram family (GL(r) and the attention
+    head groups contain the rescalings on their diagonal).
+
+    ``both_signs``: also match −H[j, j]. ``conserved``: parameters whose squares an earlier pass
+    removed from the diag laws (their entries are laws by themselves): match the diagonal
+    entries without them too. Matching is by signature, then by index rows (bytes) per law."""
+    target: dict[tuple, set[bytes]] = {}
+    drops = [frozenset()] + ([frozenset(conserved)] if conserved else [])
+    for gram in grams:
+        for drop in drops:
+            for sign in ((1.0, -1.0) if both_signs else (1.0,)):
+                parts = _gram_diagonal_parts(gram, drop, sign)
+                if parts is None:
+                    continue
+                sig, rows = _canonical(parts)
+                target.setdefault(sig, set()).update(r.tobytes() for r in rows)
+    if not target:
+        return fams
+    gram_params = {t.param for g in grams for t in g.terms}
     out = []
     for f in fams:
-        if f.form != "diag":
+        if f.form != "diag" or not gram_params.intersection(f.params):
             out.append(f)
             continue
-        keys = _diag_law_keys(f)
-        norm = [frozenset((p, "sq0" if red == "sq" else red, g, i, c) for p, red, g, i, c in k) for k in keys]
-        keep = [u for u, k in enumerate(norm) if k not in target]
-        if len(keep) == len(norm):
+        sig, rows = _canonical([((t.param, t.reducer, t.groups, t.coef), t.index) for t in f.terms])
+        hit = target.get(sig)
+        if hit is None:
+            out.append(f)
+            continue
+        keep = [u for u, r in enumerate(rows) if r.tobytes() not in hit]
+        if len(keep) == f.blocks:
             out.append(f)
         elif keep:
             for t in f.terms:

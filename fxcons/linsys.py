@@ -56,6 +56,7 @@ class LinearSystem:
     def lin(self, terms: list[tuple[float, np.ndarray]]) -> None:
         """Σ coef·ids == 0, elementwise after broadcasting the id arrays."""
         coefs = [Fraction(c).limit_denominator(1 << 20) for c, _ in terms]
+        coefs = [int(c) if c.denominator == 1 else c for c in coefs]  # ints: fast exact sums
         arrs = np.broadcast_arrays(*[np.asarray(t, dtype=np.int64) for _, t in terms])
         mat = np.stack([a.ravel() for a in arrs], axis=1)  # rows x k
         cvec = np.array([float(c) for c in coefs])
@@ -82,9 +83,9 @@ class LinearSystem:
         general = np.concatenate([rest, np.nonzero(cnt > 2)[0]])
         for r in general:
             row: dict[int, Fraction] = {}
-            for v, c in zip(mat[r], coefs):
+            for v, c in zip(mat[r].tolist(), coefs):
                 if v:
-                    row[int(v)] = row.get(int(v), Fraction(0)) + c
+                    row[v] = row.get(v, 0) + c
             row = {k: c for k, c in row.items() if c != 0}
             if row:
                 self._rows.append(row)
@@ -172,15 +173,34 @@ class Solution:
         singles = np.setdiff1d(relevant, row_classes)  # sorted
         general: list[KernelVector] = []
         if self.rows:
-            general = self._coupled_kernel(row_classes, set(relevant.tolist()))
+            general = self._coupled_kernel(set(relevant.tolist()))
         return Kernel(singles, np.isin(singles, np.array(sorted(self.eps_classes), dtype=np.int64)), general)
 
-    def _coupled_kernel(self, cls: np.ndarray, relevant: set) -> list[KernelVector]:
+    def _coupled_kernel(self, relevant: set) -> list[KernelVector]:
         """Kernel vectors of the components of the general rows' coupling graph."""
-        cls = cls.tolist()
+        out: list[KernelVector] = []
+        uses: dict[int, int] = {}
+        for r in self.rows:
+            for k in r:
+                uses[k] = uses.get(k, 0) + 1
+        rows = []
+        for r in self.rows:
+            # the common row ±x_a ± x_b = 0 alone in its component (e.g. a query row against
+            # its key row): kernel (1, ∓1), no rational elimination needed
+            if len(r) == 2:
+                (a, ca), (b, cb) = sorted(r.items())
+                if (uses[a] == uses[b] == 1 and abs(ca) == abs(cb) and a not in self.eps_classes
+                        and b not in self.eps_classes):
+                    if a in relevant or b in relevant:
+                        out.append(KernelVector(np.array([a, b]), [1, -1 if ca == cb else 1], False))
+                    continue
+            rows.append(r)
+        if not rows:
+            return out
+        cls = sorted({c for r in rows for c in r})
         pos = {c: i for i, c in enumerate(cls)}
         ra, rb = [], []
-        for r in self.rows:
+        for r in rows:
             ks = [pos[k] for k in r]
             ra += ks[:-1]
             rb += ks[1:]
@@ -190,9 +210,8 @@ class Solution:
         for c, k in zip(cls, comp):
             by_comp.setdefault(int(k), []).append(c)
         rows_by_comp: dict[int, list[dict]] = {}
-        for r in self.rows:
+        for r in rows:
             rows_by_comp.setdefault(int(comp[pos[next(iter(r))]]), []).append(r)
-        out: list[KernelVector] = []
         for k, members in by_comp.items():
             if not relevant.intersection(members):
                 continue

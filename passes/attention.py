@@ -36,7 +36,7 @@ import numpy as np
 import torch
 import torch.fx as fx
 
-from fxcons.derive import _diag_law_keys, _gram_diagonal_keys, _named_family
+from fxcons.derive import _named_family, remove_subsumed
 from fxcons.lawset import LawFamily, Term
 from fxcons.ops import ParamRef
 from fxcons.scale import Breaker, ScaleAnalysis
@@ -677,39 +677,6 @@ def _param_uses(cap) -> dict[str, int]:
     return uses
 
 
-def _square_key(key) -> frozenset:
-    """A diagonal law key with bias squares spelled as rows (``sq`` == ``sq0`` of a vector)."""
-    return frozenset((p, "sq0" if red == "sq" else red, g, i, c) for p, red, g, i, c in key)
-
-
-def drop_gram_diagonals(fams: list[LawFamily], grams: list[LawFamily], conserved: set[str]) -> list[LawFamily]:
-    """Drop the diagonal laws that are diagonal entries of a gram family (either sign), also
-    when an earlier pass removed the squares of a conserved bias (``conserved``) from them.
-    One pass over the diagonal families for all grams (like ``derive.remove_subsumed``)."""
-    target = set()
-    for g in grams:
-        for key in _gram_diagonal_keys(g):
-            for drop in ({()} if not conserved else {(), tuple(sorted(conserved))}):
-                items = [x for x in key if x[0] not in drop]
-                if items:
-                    target.add(_square_key(items))
-                    target.add(_square_key([(p, r, gg, i, -c) for p, r, gg, i, c in items]))
-    gram_params = {t.param for g in grams for t in g.terms}
-    out = []
-    for f in fams:
-        if f.form != "diag" or not gram_params.intersection(f.params):
-            out.append(f)
-            continue
-        keep = [u for u, k in enumerate(_diag_law_keys(f)) if _square_key(k) not in target]
-        if len(keep) < f.blocks:
-            if not keep:
-                continue
-            for t in f.terms:
-                t.index = t.index[keep]
-        out.append(f)
-    return out
-
-
 def _entry_laws(fams: list[LawFamily]) -> set[tuple[str, int]]:
     """(param, entry) pairs that are linear laws by themselves."""
     out = set()
@@ -736,4 +703,5 @@ def attention_pass(cap, head, fams):
             t.index = t.index[keep]
             new_kb.append(f)
     conserved = {p for p, _ in known}  # their squares were dropped from the diagonal laws
-    return drop_gram_diagonals(fams, grams, conserved) + grams + new_kb, breakers
+    fams = remove_subsumed(fams, grams, both_signs=True, conserved=conserved)
+    return fams + grams + new_kb, breakers

@@ -103,6 +103,4 @@ def gl_pass(cap, head, fams):
         fam = LawFamily(f"{prod}→{cons_names}", "gl", "exact", "gram", terms, where=prod, independent=indep,
                         note=f"GL({r}) linear bottleneck: H = VVᵀ + bbᵀ − ΣUᵀU")
         new.append(fam)
-    for fam in new:
-        fams = remove_subsumed(fams, fam)
-    return fams + new, []
+    return remove_subsumed(fams, new) + new, []
