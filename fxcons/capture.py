@@ -120,20 +120,32 @@ def param_table(model: nn.Module) -> tuple[dict[str, ParamInfo], dict[int, str]]
     return table, canon
 
 
-#: leaf modules whose output is a tensor like their input (batch norms run a slow Python
-#: decomposition on meta tensors; their shape rule is just this, after the channel check)
-_SHAPE_PRESERVING = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+def _norm_input_ok(mod: nn.Module, x: torch.Tensor) -> str | None:
+    """Why ``mod`` (a normalization) cannot take ``x``, or None."""
+    if isinstance(mod, nn.modules.batchnorm._BatchNorm):
+        mod._check_input_dim(x)
+        return None if x.shape[1] == mod.num_features else f"expects {mod.num_features} channels, got {x.shape[1]}"
+    if isinstance(mod, nn.LayerNorm):
+        ns = tuple(mod.normalized_shape)
+        return None if tuple(x.shape[x.dim() - len(ns):]) == ns else f"expects trailing shape {ns}, got {tuple(x.shape)}"
+    if isinstance(mod, nn.GroupNorm):
+        return None if x.dim() >= 2 and x.shape[1] == mod.num_channels else f"expects {mod.num_channels} channels"
+    raise TypeError(type(mod))
+
+
+#: normalizations return a tensor like their input; on meta tensors they run slow Python
+#: decompositions, so shape propagation applies that rule directly (after checking the input)
+_SHAPE_PRESERVING = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.LayerNorm, nn.GroupNorm)
 
 
 class _MetaRecorder(fx.Interpreter):
     def call_module(self, target: str, args: tuple, kwargs: dict) -> Any:
         mod = self.fetch_attr(target)
         if type(mod) in _SHAPE_PRESERVING and len(args) == 1 and not kwargs and isinstance(args[0], torch.Tensor):
-            x = args[0]
-            mod._check_input_dim(x)
-            if x.shape[1] != mod.num_features:
-                raise RuntimeError(f"{type(mod).__name__}({mod.num_features}) got {x.shape[1]} channels")
-            return torch.empty_like(x)
+            why = _norm_input_ok(mod, args[0])
+            if why:
+                raise RuntimeError(f"{type(mod).__name__} {why}")
+            return torch.empty_like(args[0])
         return super().call_module(target, args, kwargs)
 
     def run_node(self, n: fx.Node) -> Any:
