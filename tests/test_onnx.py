@@ -207,3 +207,38 @@ def test_engine_families_of_every_form():
         P32 = {k: v.float() for k, v in P.items()}
         assert rel_err(ann.laws.evaluate(P), run_values(build_onnx(ann.laws), P32)) <= 1e-6
     assert forms == {"diag", "linear", "gram"}
+
+
+# ----------------------------------------------------------------------------- Transformers
+def _transformer(spec: str):
+    from fxcons.specs import load_spec
+
+    torch.manual_seed(0)
+    lm = load_spec(spec)
+    return lm.model, fxcons.annotate(lm.model, lm.example_inputs, head=lm.head,
+                                     example_kwargs=lm.example_kwargs or None, frontend=lm.frontend)
+
+
+@pytest.mark.parametrize("spec", ["torchvision:vit_b_16", "hf:gpt2?n_layer=2"])
+def test_transformer_values_agree(spec, tmp_path):
+    """ViT-B/16 (86M parameters, 630k laws) and GPT-2 with 2 layers (tied wte / lm_head): the
+    checker passes full_check, its only inputs are the parameters (a tied one once), and its
+    outputs equal LawSet.evaluate to 1e-6 relative."""
+    model, ann = _transformer(spec)
+    kinds = ann.counts()
+    assert kinds["attention_qk"] > 0 and kinds["attention_vo"] > 0
+    m = onnx.load(ann.to_onnx(str(tmp_path / "laws.onnx")))
+    assert m.opset_import[0].version >= 18
+    names = [i.name for i in m.graph.input]
+    # the initializers are the gather indices and constants, never a parameter value
+    assert all(t.data_type == onnx.TensorProto.INT64 or np.prod(t.dims) <= 1 for t in m.graph.initializer)
+    assert not {t.name for t in m.graph.initializer} & set(names)
+    assert names == ann.laws.params() and len(set(names)) == len(names)
+    canonical = dict(model.named_parameters())  # named_parameters lists a tied parameter once
+    assert set(names) <= set(canonical)
+    if spec.startswith("hf:gpt2"):
+        assert "lm_head.weight" not in names and "transformer.wte.weight" in names
+    P32 = {k: canonical[k].detach() for k in names}
+    got = run_values(m, P32)
+    exact = ann.laws.evaluate({k: v.double() for k, v in P32.items()})
+    assert rel_err(exact, got) <= 1e-6
