@@ -251,7 +251,12 @@ def _pool_t(node, v, T):
     nd = _ndim(node)
     k = int(v.attrs.get("k") or nd - 2)
     spatial = set(range(nd - k, nd))
-    if "adaptive_avg" in v.attrs.get("fn", "").lower() or "AdaptiveAvg" in v.attrs.get("fn", ""):
+    fn = v.attrs.get("fn", "").lower()
+    if "max" in fn:
+        # a max pool passes δ[argmax] on, and the argmax depends on every axis of the input: the
+        # tangent stays constant along an axis only if it is also constant over the window
+        return F if spatial <= F else frozenset()
+    if "adaptive" in fn:
         return F
     return F - spatial
 
@@ -324,8 +329,6 @@ def propagate(cap, starts: dict[fx.Node, frozenset], head: str | None) -> bool:
     T: dict[fx.Node, object] = dict(starts)
     first = min(pos[n] for n in starts)
     for node in nodes[first:]:
-        if node in starts:
-            continue
         v = node.meta["fxc"]
         if v.kind == "output":  # operands are nested in a tuple/dict: check every leaf
             for o in _leaves(v.ins[0]):
@@ -338,17 +341,24 @@ def propagate(cap, starts: dict[fx.Node, frozenset], head: str | None) -> bool:
             continue
         ins_t = [T.get(x) if isinstance(x, fx.Node) else None for x in v.ins]
         if all(t is None for t in ins_t):
-            continue
+            continue  # (a site's own tangent is already in T)
         rule = RULES.get(v.kind)
         if rule is None:
             return False
         res = rule(node, v, ins_t)
         if res is BROKEN:
             return False
-        if res is ABSORBED:
+        if res is ABSORBED or res is None:
             continue
-        if res is not None:
-            T[node] = res if isinstance(res, tuple) else _with_unit_axes(res, _shape(node))
+        if not isinstance(res, tuple):
+            res = _with_unit_axes(res, _shape(node))
+        if node in starts:
+            # a later use of the same parameter: its own tangent adds to the one flowing in
+            # (L(L(x)) with a shifted bias), so only the axes where both are constant remain
+            if isinstance(res, tuple):
+                return False
+            res = res & starts[node]
+        T[node] = res
     return True
 
 
@@ -439,7 +449,6 @@ def translation_pass(cap, head, fams):
         info = cap.params.get(name)
         if info is None or not info.trainable:
             continue
-        kinds = {v.kind for _, _, v in uses}
         single = len(uses) == 1
         node0, pos0, v0 = uses[0]
         is_weight = v0.kind in ("linear", "conv") and pos0 == 1

@@ -118,3 +118,91 @@ def test_squeeze_excitation_gate_carries_rescaling_of_the_gated_branch():
     assert ("fc2.weight", "sq0") not in terms and ("fc2.bias", "sq") not in terms  # sigmoid stops fc2's units
     assert ("fc2.weight", "sq1") in terms  # fc1's units still rescale against fc2's columns
     assert ("conv1.weight", "sq0") in terms and ("conv2.weight", "sq1") in terms  # gated branch
+
+
+# ----------------------------------------------------------------------------- translation
+# Two false laws found by tests/test_property.py, each with a twin that keeps its law and a
+# direct check that the rejected direction really changes the output.
+
+def _directional_change(model, x, param, direction, head=None):
+    """|d/dt f(θ + t·c)| relative to ‖f‖, by a central difference in float64."""
+    m = model.double()
+    x = x.double()
+    p = dict(m.named_parameters())[param]
+
+    def f(t):
+        with torch.no_grad():
+            p.add_(t * direction)
+            torch.manual_seed(0)
+            y = m(x)
+            p.sub_(t * direction)
+        return y - y.mean(-1, keepdim=True) if head == "classification" else y
+
+    return float((f(1e-4) - f(-1e-4)).norm() / 2e-4 / f(0.0).norm())
+
+
+class TiedThenNorm(nn.Module):
+    """norm(L(act(L(x)))) with one Linear L used twice."""
+
+    def __init__(self, act):
+        super().__init__()
+        self.lin, self.act, self.norm, self.head = nn.Linear(4, 4), act, nn.LayerNorm(4), nn.Linear(4, 3)
+
+    def forward(self, x):
+        return self.head(self.norm(self.lin(self.act(self.lin(x)))))
+
+
+def test_tied_bias_shift_through_a_linear_path_is_not_a_law():
+    """Shifting L.bias by t·1 shifts the first use's output by t·1, which the second use maps to
+    t·(W1 + 1): not constant along the features, so the LayerNorm does not absorb it."""
+    torch.manual_seed(0)
+    model, x = TiedThenNorm(nn.Identity()), torch.randn(5, 4)
+    ann = fxcons.annotate(model, (x,))
+    assert not [f for f in ann.families if f.kind == "translation" and "lin.bias" in f.params]
+    assert _directional_change(model, x, "lin.bias", torch.ones(4, dtype=torch.float64)) > 1e-3
+    assert ann.verify(probes=2).ok
+
+
+def test_tied_bias_shift_twin_is_kept_when_the_first_use_is_normalized():
+    """The twin: a LayerNorm between the two uses absorbs the first shift, the second shift is
+    absorbed by the final LayerNorm, so Σ L.bias is a law."""
+    torch.manual_seed(0)
+    model, x = TiedThenNorm(nn.LayerNorm(4, elementwise_affine=False)), torch.randn(5, 4)
+    ann = fxcons.annotate(model, (x,))
+    fams = [f for f in ann.families if f.kind == "translation" and f.params == ["lin.bias"]]
+    assert len(fams) == 1 and fams[0].count == 1 and fams[0].terms[0].reducer == "total"
+    assert _directional_change(model, x, "lin.bias", torch.ones(4, dtype=torch.float64)) < 1e-9
+    assert ann.verify(probes=2).ok
+
+
+class ConvPoolHead(nn.Module):
+    """conv → pool → global average → logits over channels (a head with no Linear)."""
+
+    def __init__(self, pool):
+        super().__init__()
+        self.conv, self.pool = nn.Conv2d(2, 3, 3, padding=1), pool
+
+    def forward(self, x):
+        return self.pool(self.conv(x)).mean((2, 3))
+
+
+def test_column_shift_through_max_pool_is_not_a_law():
+    """W + 1uᵀ adds the same map to every output channel, but a max pool picks a different
+    position per channel, so the logits no longer move by a constant."""
+    torch.manual_seed(0)
+    model, x = ConvPoolHead(nn.MaxPool2d(2, stride=1)), torch.randn(4, 2, 5, 5)
+    ann = fxcons.annotate(model, (x,), head="classification")
+    assert not [f for f in ann.families if "conv.weight" in f.params and f.kind == "translation"]
+    u = torch.randn(1, 2, 3, 3, dtype=torch.float64).expand(3, 2, 3, 3)
+    assert _directional_change(model, x, "conv.weight", u, head="classification") > 1e-3
+
+
+def test_column_shift_through_avg_pool_is_a_law():
+    torch.manual_seed(0)
+    model, x = ConvPoolHead(nn.AvgPool2d(2, stride=1)), torch.randn(4, 2, 5, 5)
+    ann = fxcons.annotate(model, (x,), head="classification")
+    fams = [f for f in ann.families if f.params == ["conv.weight"] and f.kind == "translation"]
+    assert len(fams) == 1 and fams[0].count == 2 * 3 * 3
+    u = torch.randn(1, 2, 3, 3, dtype=torch.float64).expand(3, 2, 3, 3)
+    assert _directional_change(model, x, "conv.weight", u, head="classification") < 1e-9
+    assert ann.verify(probes=2).ok
