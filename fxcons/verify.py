@@ -23,6 +23,24 @@ from torch import nn
 
 EXACT_TOL = 1e-8
 EPS_TOL = 1e-4
+#: a law is tested by a probe only if the gradient on its entries exceeds LIVE × ‖g‖
+LIVE = 1e-7
+#: a probe whose ‖g‖ is below ROUNDOFF × gradient_scale sees an output that does not depend
+#: on θ (only rounding noise, or an eps-sized dependence, is left): it tests no law
+ROUNDOFF = 1e-6
+
+
+def gradient_scale(outs, vs, params) -> float:
+    """‖v‖·‖f‖ / ‖θ‖: the size of g = ∇_θ<v, f> for an output of degree ~1 in θ.
+
+    An output that does not depend on θ at all (a BatchNorm that normalizes a one-channel
+    input, LAWS.md §5's toy cases) gives a g made only of rounding errors, whose direction is
+    random: every function is a law there, and no ratio measured on such a g means anything.
+    For an output of degree k ≥ 1 in θ, Euler's identity <θ, g> = k<v, f> keeps ‖g‖ within a
+    few decades of this scale, far above ROUNDOFF."""
+    vf = math.sqrt(sum(float(o.detach().square().sum()) * float(v.square().sum()) for o, v in zip(outs, vs)))
+    theta = math.sqrt(sum(float(p.detach().square().sum()) for p in params))
+    return vf / max(theta, 1e-300)
 
 
 @dataclass
@@ -149,13 +167,18 @@ def verify(ann, probes: int = 3, seed: int = 0, model: nn.Module | None = None,
         for n in theta:
             gd.setdefault(n, torch.zeros_like(theta[n]))
         gnorm = math.sqrt(sum(float(x.square().sum()) for x in gd.values()))
+        if gnorm <= ROUNDOFF * gradient_scale(outs, vs, trainable.values()):
+            # the output does not depend on θ at this probe: it tests no law
+            if k == probes - 1:
+                untested = {f.name: f.count for f in ann.families}
+            continue
         with torch.no_grad():
             cache: dict = {}  # reductions and blocks shared by the families of this probe
             for f in ann.families:
                 d = f.directional(theta, gd, cache).abs()
                 n1 = f.grad_norm(theta, cache)
                 n2 = f.support_norm(gd, cache)
-                live = n2 > 1e-7 * max(gnorm, 1e-300)  # else the probe cannot see this law (dead unit, degenerate BN)
+                live = n2 > LIVE * gnorm  # else the probe cannot see this law (dead unit, degenerate BN)
                 r = torch.where(live, d / (n1 * n2).clamp_min(1e-300), torch.zeros_like(d))
                 worst[f.name] = max(worst[f.name], float(r.max()) if r.numel() else 0.0)
                 if k == probes - 1:
