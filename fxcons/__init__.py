@@ -14,6 +14,6 @@ from .lawset import LawFamily, LawSet
 from .monitor import monitor, Monitor
 from .serialize import load
 
-__all__ = ["annotate", "Annotation", "LawSet", "LawFamily", "register_leaf",
-           "FxconsError", "CaptureError", "SpecError", "LawInputError"]
+__all__ = ["annotate", "Annotation", "LawSet", "LawFamily", "register_leaf", "monitor", "Monitor",
+           "load", "FxconsError", "CaptureError", "SpecError", "LawInputError"]
 __version__ = "0.1.0"

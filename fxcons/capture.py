@@ -213,11 +213,6 @@ def capture(
     mm.train(training)
     meta_args = _to_meta(example_inputs)
     meta_kwargs = _to_meta(kwargs)
-    # the meta copy's parameters, in canonical naming
-    meta_canon = {}
-    for name, p in mm.named_parameters(remove_duplicate=False):
-        meta_canon.setdefault(id(p), name)
-    canonical_of = {pid: canon_name for pid, canon_name in meta_canon.items()}
     # map meta copy names back to the original canonical names (same traversal order)
     orig_names = [n for n, _ in model.named_parameters(remove_duplicate=False)]
     meta_names = [n for n, _ in mm.named_parameters(remove_duplicate=False)]

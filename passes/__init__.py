@@ -7,7 +7,7 @@
 * ``attention``: per-head query/key and value/output GL laws -- LAWS.md §3.3.
 """
 
-from .rescale import RULES as SCALE_RULES
+from .rescale import RULES as SCALE_RULES  # noqa: F401  (re-exported)
 
 #: passes run after the diagonal engine: each takes (captured, head, families) and returns
 #: (families, breakers); a pass may replace diagonal laws it subsumes (GL contains rescaling).

@@ -30,7 +30,7 @@ layout. The gram families replace the diagonal laws of the scale engine on their
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch

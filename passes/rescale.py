@@ -164,7 +164,6 @@ def reshape_ids(A: ScaleAnalysis, ids: np.ndarray, in_shape, out_shape) -> np.nd
     if groups is None:
         full = np.broadcast_to(ids, in_shape)
         return np.ascontiguousarray(full).reshape(out_shape)
-    out_parts = []
     pieces_shape: list[int] = []
     # expand only the groups that carry a non-broadcast axis
     expand_shape = list(ids.shape)

@@ -78,7 +78,7 @@ def test_mha_exact_law_set():
 
 def _head_transform(mha: nn.MultiheadAttention, h: int, M: torch.Tensor, rows_of) -> None:
     """Q_h → M Q_h, K_h → M⁻ᵀ K_h, V_h → M V_h, O_h → O_h M⁻¹ (biases with their rows)."""
-    E, d = mha.embed_dim, mha.head_dim
+    E = mha.embed_dim
     Minv = torch.linalg.inv(M)
     W, b, O = mha.in_proj_weight, mha.in_proj_bias, mha.out_proj.weight
     q, k, v = (slice(blk * E + rows_of(h).start, blk * E + rows_of(h).stop) for blk in range(3))

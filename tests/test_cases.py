@@ -1,7 +1,6 @@
 """The worked cases of shared/cases/README.md (A-D), each derived by hand from LAWS.md and
 checked with the oracle. Laws are compared as exact sets: (kind, exactness, terms with their
 parameters, reductions, signs and unit indices)."""
-import pytest
 import torch
 from torch import nn
 

@@ -4,7 +4,6 @@ engine, gram from the engine and by hand, linear), with weight decay, per-group 
 gradient clipping, momentum, Adam (drift only), a deliberately wrong law, and one compiled
 training step on CPU."""
 import copy
-import math
 import warnings
 
 import numpy as np

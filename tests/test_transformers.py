@@ -18,8 +18,6 @@ the model. Counting rules (LAWS.md):
 """
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 
@@ -308,7 +306,6 @@ def test_small_vision_transformers_pass_the_oracle(name):
         assert counts["attention_qk"] == 2 * tri(8) + 2 * tri(16) == counts["attention_vo"]
 
 
-@pytest.mark.skipif(not os.environ.get("FXCONS_SLOW"), reason="full-size models: set FXCONS_SLOW=1")
 @pytest.mark.parametrize("spec", ["torchvision:vit_b_16", "torchvision:swin_t", "timm:vit_tiny_patch16_224",
                                   "timm:deit_tiny_patch16_224", "timm:convnext_tiny", "hf:gpt2?n_layer=2",
                                   "hf:bert?num_hidden_layers=2", "hf:vit?num_hidden_layers=2", "hf:llama",

@@ -304,7 +304,7 @@ def _family_latex(laws: LawSet, f: LawFamily, ctx: _Ctx) -> list[str]:
             terms = [_coef(t.coef) * _gram_entry(ctx, t, p[0] + p[1] * u + p[2] * a, p[0] + p[1] * u + p[2] * b)
                      for t, p in zip(f.terms, pats)]
             lines.append(r"Matrix law per block $u$, laws = entries $a \le b$ of $H_u$:")
-            lines.append(_aligned(rf"\left(H_{{u}}\right)_{{a b}}", terms, ctx))
+            lines.append(_aligned(r"\left(H_{u}\right)_{a b}", terms, ctx))
             lines.append(rf"for $0 \le u < {f.blocks}$, $0 \le a \le b < {r}$.")
         else:
             H0 = sp.Matrix(r, r, lambda x, y: sum((_coef(t.coef) * _gram_entry(ctx, t, int(t.index[0, x]),
