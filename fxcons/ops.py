@@ -53,6 +53,16 @@ def _val(x: Any) -> Any:
     return x.meta.get("val") if isinstance(x, fx.Node) else x
 
 
+def _holds_tensor(v: Any) -> bool:
+    if isinstance(v, torch.Tensor):
+        return True
+    if isinstance(v, (list, tuple)):
+        return any(_holds_tensor(y) for y in v)
+    if isinstance(v, dict):
+        return any(_holds_tensor(y) for y in v.values())
+    return v is not None and not isinstance(v, (int, float, bool, str, torch.dtype, torch.device, torch.Size))
+
+
 def _dims(d: Any, nd: int) -> list[int]:
     if d is None:
         return list(range(nd))
@@ -70,20 +80,30 @@ NON_HOMOGENEOUS = {
 }
 CLAMPS = {"relu6", "hardtanh", "hardtanh_", "clamp", "clamp_", "clip", "clamp_min", "clamp_max", "threshold"}
 IDENTITY = {
-    "contiguous", "clone", "detach", "to", "float", "double", "half", "bfloat16", "type_as",
+    "contiguous", "clone", "to", "float", "double", "half", "bfloat16", "type_as",
     "alias", "lift_fresh_copy", "_to_copy", "type", "cpu", "cuda", "requires_grad_",
     "dropout_identity", "identity", "_assert_tensor_metadata",
 }
+#: the value passes on but the gradient does not: laws are about the gradient autograd computes
+STOP_GRADIENT = {"detach", "detach_", "stop_gradient"}
 RESHAPES = {
     "view", "reshape", "flatten", "unflatten", "squeeze", "squeeze_", "unsqueeze", "unsqueeze_",
     "view_as", "reshape_as", "_unsafe_view", "ravel",
 }
 EXPANDS = {"expand", "expand_as", "broadcast_to"}
-META_ONLY = {"size", "dim", "numel", "_assert", "getattr", "sym_size", "sym_numel", "_assert_async",
-             "sym_constrain_range_for_size", "_assert_scalar", "eq", "ne", "lt", "gt", "le", "ge",
-             "scalar_tensor", "arange", "zeros", "ones", "full", "empty", "tensor", "ones_like",
-             "zeros_like", "full_like", "empty_like", "triu", "tril", "new_ones", "new_zeros",
-             "masked_fill_const", "floordiv", "mod", "and_", "or_", "not_", "logical_not"}
+#: ops whose result has zero derivative in every tensor operand: sizes and shapes, tensors made
+#: from a shape (``*_like``, ``arange``, ``zeros``), comparisons and other piecewise-constant
+#: maps (boolean masks, floor division). Their output has scale 0 and carries no tangent;
+#: anything that reads *values* differentiably (triu, tril, %, ...) is not here.
+SHAPE_ONLY = {"size", "dim", "numel", "_assert", "sym_size", "sym_numel", "_assert_async",
+              "sym_constrain_range_for_size", "_assert_scalar", "eq", "ne", "lt", "gt", "le", "ge",
+              "scalar_tensor", "arange", "zeros", "ones", "full", "empty", "tensor", "ones_like",
+              "zeros_like", "full_like", "empty_like", "new_ones", "new_zeros", "new_empty", "new_full",
+              "floordiv", "and_", "or_", "not_", "logical_not", "logical_and", "logical_or",
+              "__getattribute__"}
+#: tensor attributes that are shapes / metadata (``x.shape``), and those that are values
+SHAPE_ATTRS = {"shape", "dtype", "device", "ndim", "is_cuda", "requires_grad", "layout", "is_sparse"}
+TRANSPOSE_ATTRS = {"T", "mT"}
 POOLS = {
     "max_pool1d", "max_pool2d", "max_pool3d", "avg_pool1d", "avg_pool2d", "avg_pool3d",
     "adaptive_avg_pool1d", "adaptive_avg_pool2d", "adaptive_avg_pool3d", "adaptive_max_pool1d",
@@ -122,11 +142,11 @@ def _module_view(cap: Captured, node: fx.Node, m: nn.Module) -> View:
     if isinstance(m, nn.GroupNorm):
         return View("group_norm", [x, P(m.weight), P(m.bias)], {"groups": m.num_groups})
     if isinstance(m, nn.Embedding):
-        return View("embedding", [x, P(m.weight)], {"padding_idx": m.padding_idx})
+        return _embedding_view(x, P(m.weight), m.padding_idx, m.max_norm, m.scale_grad_by_freq)
     if isinstance(m, (nn.ReLU, nn.LeakyReLU)):
         return View("homog", [x], {"fn": type(m).__name__})
     if isinstance(m, nn.PReLU):
-        return View("homog", [x], {"fn": "PReLU"})
+        return View("homog", [x, P(m.weight)], {"fn": "PReLU"})
     if isinstance(m, nn.Identity):
         return View("identity", [x])
     if isinstance(m, (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d)):
@@ -136,7 +156,7 @@ def _module_view(cap: Captured, node: fx.Node, m: nn.Module) -> View:
     if isinstance(m, POOL_MODULES):
         return View("pool", [x], {"fn": type(m).__name__})
     if isinstance(m, (nn.Softmax, nn.LogSoftmax)):
-        return View("softmax", [x], {"dim": m.dim, "log": isinstance(m, nn.LogSoftmax)})
+        return View("softmax", [x], {"dim": _softmax_dim(m.dim, _ndim(_val(x))), "log": isinstance(m, nn.LogSoftmax)})
     if isinstance(m, NONHOMOG_MODULES):
         return View("breaker", [x], {"why": f"{type(m).__name__} is not positively homogeneous"})
     if isinstance(m, CLAMP_MODULES):
@@ -144,6 +164,24 @@ def _module_view(cap: Captured, node: fx.Node, m: nn.Module) -> View:
     if isinstance(m, nn.MultiheadAttention):
         return _mha_view(cap, node, m)
     return View("unknown", [x], {"why": f"no rule for module type {type(m).__module__}.{type(m).__name__}"})
+
+
+def _softmax_dim(dim: int | None, ndim: int | None) -> int:
+    """``nn.Softmax()`` without ``dim``: PyTorch's legacy choice (0 for 0-, 1- and 3-d inputs)."""
+    if dim is not None:
+        return int(dim)
+    return 0 if ndim in (0, 1, 3) else 1
+
+
+def _embedding_view(idx: Any, weight: Any, padding_idx: Any, max_norm: Any, scale_grad_by_freq: bool) -> View:
+    """A table lookup. ``max_norm`` renormalizes the looked-up rows *in place* during the forward
+    (not scale-equivariant, and it moves θ outside the optimizer); ``scale_grad_by_freq`` makes
+    the table's gradient differ from the gradient of the loss. Both have no rule."""
+    if max_norm is not None:
+        return View("unknown", [idx, weight], {"why": "embedding max_norm renormalizes rows in the forward"})
+    if scale_grad_by_freq:
+        return View("unknown", [idx, weight], {"why": "embedding scale_grad_by_freq rescales the table's gradient"})
+    return View("embedding", [idx, weight], {"padding_idx": padding_idx})
 
 
 def _mha_view(cap: Captured, node: fx.Node, m: nn.MultiheadAttention) -> View:
@@ -230,14 +268,16 @@ def _function_view(cap: Captured, node: fx.Node, name: str) -> View:
     if name == "group_norm":
         return View("group_norm", [x, _arg(node, 2, "weight"), _arg(node, 3, "bias")], {"groups": _arg(node, 1, "num_groups")})
     if name == "embedding":
-        if isinstance(node.target, torch._ops.OpOverload):  # aten.embedding(weight, indices, padding_idx=-1)
+        if isinstance(node.target, torch._ops.OpOverload):  # aten.embedding(weight, indices, padding_idx, scale_grad_by_freq)
             pad = a[2] if len(a) > 2 else node.kwargs.get("padding_idx", -1)
-            return View("embedding", [a[1], a[0]], {"padding_idx": pad if pad is not None and pad >= 0 else None})
-        return View("embedding", [x, _arg(node, 1, "weight")], {"padding_idx": _arg(node, 2, "padding_idx")})
+            freq = a[3] if len(a) > 3 else node.kwargs.get("scale_grad_by_freq", False)
+            return _embedding_view(a[1], a[0], pad if pad is not None and pad >= 0 else None, None, bool(freq))
+        return _embedding_view(x, _arg(node, 1, "weight"), _arg(node, 2, "padding_idx"), _arg(node, 3, "max_norm"),
+                               bool(_arg(node, 5, "scale_grad_by_freq", False)))
     if name in HOMOGENEOUS:
         return View("homog", [x], {"fn": name})
-    if name in ("prelu", "_prelu_kernel"):
-        return View("homog", [x], {"fn": name})
+    if name in ("prelu", "_prelu_kernel"):  # the slope is an operand: it cannot scale
+        return View("homog", [x, _arg(node, 1, "weight")], {"fn": name})
     if name in NON_HOMOGENEOUS:
         return View("breaker", [x], {"why": f"{name} is not positively homogeneous"})
     if name in CLAMPS:
@@ -323,7 +363,7 @@ def _function_view(cap: Captured, node: fx.Node, name: str) -> View:
             k = 2
         return View("pool", [x], {"fn": name, "k": k})
     if name in ("softmax", "log_softmax", "_softmax", "_log_softmax", "safe_softmax", "_safe_softmax"):
-        return View("softmax", [x], {"dim": int(_arg(node, 1, "dim")), "log": "log" in name})
+        return View("softmax", [x], {"dim": _softmax_dim(_arg(node, 1, "dim"), _ndim(_val(x))), "log": "log" in name})
     if name in ("matmul", "bmm", "mm", "__matmul__"):
         return View("matmul", [a[0], a[1]])
     if name == "einsum":
@@ -346,7 +386,9 @@ def _function_view(cap: Captured, node: fx.Node, name: str) -> View:
         return View("power", [x], {"p": 2.0})
     if name in ("masked_fill", "masked_fill_", "where"):
         return View("unknown", [x], {"why": f"{name} (masking with a value breaks rescaling)"})
-    if name in META_ONLY:
+    if name in STOP_GRADIENT:
+        return View("breaker", [x], {"why": f"{name} stops the gradient (laws are about the gradient autograd computes)"})
+    if name in SHAPE_ONLY:
         return View("meta", list(a))
     return View("unknown", [x], {"why": f"no rule for {name}"})
 
@@ -386,15 +428,26 @@ def _view(cap: Captured, node: fx.Node) -> View:
         return _module_view(cap, node, cap.gm.get_submodule(node.target))
     if node.op == "call_method":
         name = node.target
-        if name in ("size", "dim", "numel", "__getattribute__"):
-            return View("meta", list(node.args))
         return _function_view(cap, node, name)
     name = _fn_name(node.target)
     if name is None:
         return View("unknown", list(node.args[:1]), {"why": f"no rule for function {getattr(node.target, '__qualname__', node.target)}"})
     if name == "getattr":
-        return View("meta", list(node.args))
+        return _attribute_view(node)
     return _function_view(cap, node, name)
+
+
+def _attribute_view(node: fx.Node) -> View:
+    """``x.shape`` and other metadata, ``x.T`` / ``x.mT`` (transposes); any other attribute
+    (``x.data``, ``x.real``...) has no rule."""
+    x, attr = node.args[0], node.args[1]
+    if attr in SHAPE_ATTRS or not _holds_tensor(node.meta.get("val")):
+        return View("meta", [x])
+    nd = _ndim(_val(x))
+    if attr in TRANSPOSE_ATTRS and nd is not None:
+        perm = list(range(nd))[::-1] if attr == "T" else list(range(nd - 2)) + [nd - 1, nd - 2]
+        return View("permute", [x], {"perm": perm})
+    return View("unknown", [x], {"why": f"no rule for tensor attribute .{attr}"})
 
 
 def _where(cap: Captured, node: fx.Node) -> str:

@@ -162,10 +162,8 @@ class HeadAnalysis:
             self.env[node] = self._opaque(node, v) if handler is None else handler(node, v)
 
     def _meta(self, node, v):
-        """Sizes, shapes, ``*_like`` constants and comparisons (zero gradient) do not use a
-        tensor's values in a differentiable way; other 'meta' ops (triu, tril...) do."""
-        if not _shape_only(node):
-            return self._opaque(node, v, "a value op outside the op vocabulary of attention")
+        """Sizes, shapes, ``*_like`` constants and comparisons (``fxcons.ops.SHAPE_ONLY``) do
+        not use a tensor's values in a differentiable way."""
         return None
 
     def _input(self, node, v):
@@ -589,24 +587,11 @@ def _softmax_absorbs(start: fx.Node, axis: int) -> bool:
     return True
 
 
-_SHAPE_ONLY = {"size", "dim", "numel", "getattr", "sym_size", "sym_numel", "ones_like", "zeros_like",
-               "full_like", "empty_like", "new_ones", "new_zeros", "new_empty", "new_full", "eq", "ne",
-               "lt", "gt", "le", "ge", "_assert", "_assert_async", "_assert_scalar", "__getattribute__"}
-
-
-def _shape_only(node: fx.Node) -> bool:
-    """A 'meta' op that reads only its input's shape (or compares it: zero gradient)."""
-    from fxcons.ops import _fn_name
-
-    name = node.target if node.op == "call_method" else _fn_name(node.target) if node.op == "call_function" else None
-    return name in _SHAPE_ONLY
-
-
 def _value_free(node: fx.Node) -> bool:
     """Only the shape of the input matters (``ones_like(s[0, 0])``, ``s.size(-1)``)."""
     kind = node.meta["fxc"].kind
     if kind == "meta":
-        return _shape_only(node)
+        return True
     return kind in SHAPE_RULES and bool(node.users) and all(_value_free(u) for u in node.users)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from fxcons.ops import ParamRef
 from fxcons.scale import ScaleAnalysis
 
 
@@ -20,6 +21,16 @@ def _no_scale(A, node, v):
 def _passthrough(A, node, v):
     ids = A.val(v.ins[0])
     return _fit(ids, A.out_shape(node))
+
+
+def _homog(A, node, v):
+    """ReLU / LeakyReLU / PReLU: positively homogeneous in the input; a PReLU slope operand is
+    read as is (it cannot scale)."""
+    for slope in v.ins[1:]:
+        ids = A.val(slope)
+        if ids is not None:
+            A.sys.zero(ids)
+    return _passthrough(A, node, v)
 
 
 def _fit(ids, shape):
@@ -49,8 +60,8 @@ def _linear(A: ScaleAnalysis, node, v):
     s = A.feature_vector(xin, -1, in_shape[-1]) if xin is not None else None
     t = A.sys.new((out,))
     out_axis = 0 if v.attrs.get("layout", "out_in") == "out_in" else 1
-    if not hasattr(w, "name"):
-        A.broken(node, "linear weight is not a parameter", s, t)
+    if not isinstance(w, ParamRef):
+        A.broken(node, "linear weight is computed, not a parameter", s, t, A.val(w), A.val(b))
         return None
     A.matrix_site(w.name, s, t, out_axis)
     bias = A.vector(b)
@@ -64,6 +75,9 @@ def _linear(A: ScaleAnalysis, node, v):
 def _conv(A: ScaleAnalysis, node, v):
     x, w, b = (v.ins + [None] * 3)[:3]
     shape = A.out_shape(node)
+    if not isinstance(w, ParamRef):
+        A.broken(node, "conv weight is computed, not a parameter", A.val(x), A.val(w), A.val(b))
+        return None
     batched = len(shape) == len(A.cap.params[w.name].shape)
     cax = 1 if batched else 0
     groups = int(v.attrs.get("groups", 1))
@@ -326,7 +340,7 @@ def _add(A: ScaleAnalysis, node, v):
         other = v.ins[0] if a is None else v.ins[1]
         if _is_zero_const(other):
             return _fit(a if b is None else b, shape)
-        if _is_eps_const(other):  # a normalization's `var + eps`: exact only as eps -> 0
+        if _is_eps_const(other) and _feeds_normalizer(node):  # `var + eps`: exact only as eps -> 0
             live = a if b is None else b
             A.sys.mark_eps(live)
             return _fit(live, shape)
@@ -347,6 +361,15 @@ EPS_CONST = 1e-3
 
 def _is_eps_const(x):
     return isinstance(x, float) and 0 < x <= EPS_CONST
+
+
+def _feeds_normalizer(node) -> bool:
+    """The sum is only read by a (r)sqrt / power or as a divisor: the ``var + eps`` of a
+    normalization written with primitive ops, not a constant added to a unit's value."""
+    users = list(node.users)
+    return bool(users) and all(
+        u.meta["fxc"].kind == "power" or (u.meta["fxc"].kind == "div" and u.meta["fxc"].ins[1] is node)
+        for u in users)
 
 
 def _mul(A: ScaleAnalysis, node, v):
@@ -574,7 +597,7 @@ RULES = {
     "layer_norm": _layer_norm,
     "rms_norm": _layer_norm,
     "group_norm": _group_norm,
-    "homog": _passthrough,
+    "homog": _homog,
     "identity": _passthrough,
     "dropout": _passthrough,  # a random 0/1 mask commutes with positive scaling
     "breaker": _breaker,
