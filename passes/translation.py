@@ -271,6 +271,17 @@ def _cat_t(node, v, T):
     return res - {v.attrs["dim"]}
 
 
+def _stack_t(node, v, T):
+    """A new axis at ``dim``: input axes at or after it move up by one; along the new axis the
+    operands (some with no tangent) differ."""
+    live = [F for F in T if F is not None]
+    if not live:
+        return None
+    d = v.attrs["dim"]
+    res = frozenset.intersection(*live)
+    return frozenset(a + (a >= d) for a in res)
+
+
 def _matmul_t(node, v, T):
     Fa, Fb = T[0], T[1]
     if Fa is None and Fb is None:
@@ -280,18 +291,30 @@ def _matmul_t(node, v, T):
     na, nb, no = _ndim(v.ins[0]), _ndim(v.ins[1]), _ndim(node)
     if na < 2 or nb < 2:
         return BROKEN
+    # out[..., i, j] = Σ_k δa[..., i, k] b[..., k, j]: constant along a batch axis only where
+    # the tangent is and the other operand does not vary (size 1 or absent there)
+    sa, sb = _shape(v.ins[0]), _shape(v.ins[1])
+    if sa is None or sb is None:
+        return BROKEN
+
+    def flat_in_other(out_axis, other, n_other):
+        a = out_axis - (no - n_other)
+        return a < 0 or other[a] == 1
+
     if Fa is not None:
         batch = {a + no - na for a in Fa if a < na - 2}
         row = {no - 2} if (na - 2) in Fa else set()
-        return frozenset(batch | row | set(range(no - na)))
+        keep = {a for a in batch | set(range(no - na)) if flat_in_other(a, sb, nb)}
+        return frozenset(keep | row)
     batch = {a + no - nb for a in Fb if a < nb - 2}
     col = {no - 1} if (nb - 1) in Fb else set()
-    return frozenset(batch | col | set(range(no - nb)))
+    keep = {a for a in batch | set(range(no - nb)) if flat_in_other(a, sa, na)}
+    return frozenset(keep | col)
 
 
 def _sdpa_t(node, v, T):
-    Fq, Fk, Fv = (list(T) + [None] * 3)[:3]
-    if Fq is not None:
+    Fq, Fk, Fv, Fm = (list(T) + [None] * 4)[:4]
+    if Fq is not None or Fm is not None:
         return BROKEN
     nk = _ndim(v.ins[1])
     if Fk is not None and (nk - 2) not in Fk:
@@ -304,21 +327,31 @@ def _sdpa_t(node, v, T):
     return Fv  # softmax rows sum to one: P @ (1 ⊗ c) = 1 ⊗ c
 
 
-RULES = {
-    "identity": _carry, "linear": _linear_t, "conv": _conv_t, "batch_norm": _batch_norm_t,
-    "layer_norm": _layer_norm_t, "group_norm": _group_norm_t, "softmax": _softmax_t,
-    "permute": _permute_t, "reshape": _reshape_t, "expand": _expand_t, "index": _index_t,
-    "split": _split_t, "pick": _pick_t, "add": _add_t, "mul": _mul_t, "div": _div_t,
-    "reduce": _reduce_t, "pool": _pool_t, "cat": _cat_t, "matmul": _matmul_t, "sdpa": _sdpa_t,
-    "stack": _cat_t,
-}
-
-
 def _dropout_t(node, v, T):
     return BROKEN if (v.attrs.get("active") and T[0] is not None) else T[0]
 
 
-RULES["dropout"] = _dropout_t
+def _first_operand(rule):
+    """A rule that follows the tangent of the first operand only: one arriving through another
+    operand (a computed weight, bias, γ or β) breaks the candidate."""
+    def wrapped(node, v, T):
+        if any(t is not None for t in T[1:]):
+            return BROKEN
+        return rule(node, v, T)
+
+    wrapped.__name__ = rule.__name__
+    return wrapped
+
+
+RULES = {
+    "identity": _carry, "linear": _linear_t, "conv": _conv_t, "batch_norm": _batch_norm_t,
+    "layer_norm": _layer_norm_t, "group_norm": _group_norm_t, "softmax": _softmax_t,
+    "permute": _permute_t, "reshape": _reshape_t, "expand": _expand_t, "index": _index_t,
+    "split": _split_t, "pick": _pick_t, "reduce": _reduce_t, "pool": _pool_t, "dropout": _dropout_t,
+}
+RULES = {kind: _first_operand(rule) for kind, rule in RULES.items()}
+RULES.update({"add": _add_t, "mul": _mul_t, "div": _div_t, "cat": _cat_t, "stack": _stack_t,
+              "matmul": _matmul_t, "sdpa": _sdpa_t})
 
 
 # ----------------------------------------------------------------------------- propagation
