@@ -161,12 +161,88 @@ class _MetaRecorder(fx.Interpreter):
         return out
 
 
+class UnfollowableMutation(RuntimeError):
+    """An in-place op whose effect the fx graph cannot show (it writes through a view)."""
+
+
+#: ops that return a view of (or the very) tensor they read: writing into the result writes
+#: into the input, and the reverse
+_ALIASING = {
+    "view", "view_as", "reshape", "reshape_as", "flatten", "unflatten", "squeeze", "unsqueeze",
+    "transpose", "t", "permute", "swapaxes", "swapdims", "movedim", "moveaxis", "expand", "expand_as",
+    "broadcast_to", "getitem", "select", "narrow", "split", "split_with_sizes", "chunk", "unbind",
+    "tensor_split", "diagonal", "as_strided", "unfold", "detach", "contiguous", "to", "type_as",
+    "float", "double", "half", "bfloat16", "type", "cpu", "cuda", "real", "imag", "view_as_real",
+    "alias", "getattr", "T", "mT",
+}
+_AUGMENTED = {"iadd", "isub", "imul", "itruediv", "ifloordiv", "imod", "ipow", "imatmul", "iand", "ior", "ixor"}
+
+
+def _call_name(node: fx.Node) -> str | None:
+    if node.op == "call_method":
+        return str(node.target)
+    if node.op == "call_function":
+        return getattr(node.target, "__name__", None)
+    return None
+
+
+def _writes_first_operand(node: fx.Node, gm: fx.GraphModule) -> bool:
+    """``x.mul_(s)``, ``torch.relu_(x)``, ``x += y``, ``F.relu(x, inplace=True)``,
+    ``nn.ReLU(inplace=True)(x)``: the op overwrites its first operand."""
+    if node.op == "call_module":
+        return bool(getattr(gm.get_submodule(node.target), "inplace", False))
+    name = _call_name(node)
+    if name is None or not node.args or not isinstance(node.args[0], fx.Node):
+        return False
+    if name in _AUGMENTED or node.kwargs.get("inplace") is True:
+        return True
+    if node.op == "call_function" and not name.endswith("_"):
+        try:  # F.relu(x, True): a positional ``inplace``
+            import inspect
+
+            bound = inspect.signature(node.target).bind(*node.args, **node.kwargs)
+            return bound.arguments.get("inplace") is True
+        except (TypeError, ValueError):
+            return False
+    return name.endswith("_") and not name.endswith("__") and name != "requires_grad_"
+
+
+def follow_inplace_ops(gm: fx.GraphModule) -> int:
+    """Make the graph show the effect of in-place ops.
+
+    ``symbolic_trace`` records ``h.mul_(s)`` as a node, but later code that reads ``h`` still
+    points to the node before the write, so the graph computes another function. Every later
+    reader of the written tensor is rewired to the in-place node (whose value *is* the written
+    tensor). A write through a view (``h[:, 0].mul_(2)``, ``v = h.view(...); v += 1``) or into
+    a tensor that has views changes other tensors too: :class:`UnfollowableMutation` (the auto
+    frontend then uses torch.export, which functionalizes). Returns the number of rewired uses."""
+    order = {n: i for i, n in enumerate(gm.graph.nodes)}
+    rewired = 0
+    for node in list(gm.graph.nodes):
+        if not _writes_first_operand(node, gm):
+            continue
+        x = node.args[0]
+        aliases = [u for u in x.users if u is not node and _call_name(u) in _ALIASING
+                   and any(order[w] > order[node] for w in u.users)]
+        if _call_name(x) in _ALIASING or aliases:
+            raise UnfollowableMutation(
+                f"in-place op '{node.name}' writes '{x.name}', which shares memory with another tensor")
+        for user in list(x.users):
+            if user is not node and order[user] > order[node]:
+                user.replace_input_with(x, node)
+                rewired += 1
+    if rewired:
+        gm.recompile()
+    return rewired
+
+
 def _capture_fx(mm: nn.Module, example_inputs: tuple, kwargs: dict) -> fx.GraphModule:
     tracer = LeafTracer()
     tracer.extra_leaves = tuple(_REGISTERED_LEAVES)
     concrete = None
     graph = tracer.trace(mm, concrete_args=concrete)
     gm = fx.GraphModule(tracer.root, graph, mm.__class__.__name__)
+    follow_inplace_ops(gm)
     _MetaRecorder(gm).run(*example_inputs, **kwargs) if not kwargs else _run_kwargs(gm, example_inputs, kwargs)
     return gm
 
@@ -248,7 +324,16 @@ def capture(
         mm = meta_copy(model)
         mm.train(training)
     try:
-        gm, in2p, _ = _capture_export(mm, meta_args, meta_kwargs, training)
+        try:
+            gm, in2p, _ = _capture_export(mm, meta_args, meta_kwargs, training)
+        except Exception as e:
+            if not _device_mismatch(e):
+                raise
+            # forward makes tensors on a fixed device (torch.tensor([...])), which the meta copy
+            # cannot mix with: export a real copy instead (values are still never read)
+            mm = copy.deepcopy(model)
+            mm.train(training)
+            gm, in2p, _ = _capture_export(mm, example_inputs, kwargs, training)
     except Exception as e:
         if fx_cap is not None:
             return fx_cap
@@ -264,6 +349,11 @@ def capture(
             cap.param_nodes[node] = by_name.get(in2p[node.name], in2p[node.name])
     cap.param_of_obj = {}
     return cap
+
+
+def _device_mismatch(e: BaseException) -> bool:
+    text = f"{type(e).__name__}: {e}"
+    return "DeviceMismatch" in text or ("meta" in text and "same device" in text)
 
 
 def _opaque_wrapped_calls(gm: fx.GraphModule) -> list[str]:
