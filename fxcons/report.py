@@ -59,8 +59,10 @@ def render_table(ann, title: str = "", verify=None, explain: bool = False, conso
                   f" · {'training' if ann.training else 'eval'} mode · head {ann.head or 'none'}")
     if verify is not None:
         status = "[green]passed[/green]" if verify.ok else "[red]FAILED[/red]"
+        inv = "" if verify.invariance is None else (
+            f", invariance {verify.invariance:.1e}" + ("" if verify.invariance_ok else f" > {verify.invariance_tol:.0e}"))
         console.print(f"oracle: {verify.checked} laws checked, {verify.failed} failed, max ratio "
-                      f"{verify.max_ratio:.2e} ({verify.probes} probes) {status}")
+                      f"{verify.max_ratio:.2e} ({verify.probes} probes{inv}) {status}")
     if explain:
         console.print("[bold]nodes that broke symmetries[/bold]")
         if not ann.breakers:

@@ -182,7 +182,8 @@ def audit_one(spec: str, zoo: str, size: int | None, batch: int, verify: bool, p
             return row
         row["verify"] = {
             "checked": rep.checked, "failed": rep.failed, "max_ratio": rep.max_ratio,
-            "max_ratio_exact": rep.max_ratio_exact, "invariance": rep.invariance, "probes": probes,
+            "max_ratio_exact": rep.max_ratio_exact, "invariance": rep.invariance,
+            "invariance_ok": rep.invariance_ok, "probes": probes,
             "seconds": round(time.perf_counter() - t2, 3),
             "failing": [{"name": f.name, "count": f.count, "max_ratio": f.max_ratio}
                         for f in rep.families if not f.passed][:10],
