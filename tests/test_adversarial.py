@@ -1,0 +1,379 @@
+"""Regression tests for false laws and crashes found by a red-team pass over unusual op mixes.
+
+Each case states what went wrong, asserts that the false family is gone (structurally: which
+parameters the emitted families touch), and that what remains passes the oracle, the direct
+invariance check included. Where the op still carries a symmetry (``x.T``, ``h.mul_(s)``), the
+test asserts the law that survives.
+"""
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import fxcons
+
+FRONTENDS = ["fx", "export"]
+
+
+def annotate(model, *inputs, frontend="auto", head=None):
+    torch.manual_seed(0)
+    ann = fxcons.annotate(model, inputs, head=head, frontend=frontend)
+    return ann
+
+
+def touches(ann, param: str) -> list[str]:
+    return [f.name for f in ann.families if param in f.params]
+
+
+def assert_sound(ann):
+    rep = ann.verify(probes=2)
+    assert rep.ok, ([(f.name, f.max_ratio) for f in rep.families if not f.passed], rep.invariance)
+
+
+class TwoLayer(nn.Module):
+    """l2(relu(op(l1(x)))) or op(l2(relu(l1(x)))) for a value op under test."""
+
+    def __init__(self, op, where="middle"):
+        super().__init__()
+        self.l1, self.l2, self.op, self.where = nn.Linear(4, 4), nn.Linear(4, 3), op, where
+
+    def forward(self, x):
+        if self.where == "middle":
+            return self.l2(torch.relu(self.op(self.l1(x))))
+        return self.op(self.l2(torch.relu(self.l1(x))))
+
+
+# ----------------------------------------------------------------------------- value ops taken for shape ops
+
+@pytest.mark.parametrize("frontend", FRONTENDS)
+def test_tril_is_a_value_op(frontend):
+    """tril used to give its output scale 0 without constraining its input: l1's rows got a
+    'law' with no consumer (r ≈ 0.8)."""
+    ann = annotate(TwoLayer(torch.tril), torch.randn(2, 4, 4), frontend=frontend)
+    assert not touches(ann, "l1.weight")
+    assert_sound(ann)
+
+
+def test_transpose_attribute_is_a_permute():
+    """``y.T`` on the output was a 'meta' getattr: l2's rows got a free scale. It is a permute:
+    the output keeps scale 0 and the l1→l2 law survives."""
+    ann = annotate(TwoLayer(lambda y: y.T, where="end"), torch.randn(6, 4), frontend="fx")
+    assert [(f.kind, f.count, sorted(f.params)) for f in ann.families] == [
+        ("rescale", 4, ["l1.bias", "l1.weight", "l2.weight"])]
+    assert_sound(ann)
+
+
+def test_matrix_transpose_attribute_is_a_permute():
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.l1, self.l2 = nn.Linear(4, 5), nn.Linear(3, 2)
+
+        def forward(self, x):  # (B, 3, 4) -> (B, 3, 5) -> mT (B, 5, 3) -> l2 reads the 3 axis
+            return self.l2(torch.relu(self.l1(x)).mT)
+
+    ann = annotate(M(), torch.randn(2, 3, 4), frontend="fx")
+    # l1's units now sit on an axis l2 does not read: only their common scale survives,
+    # against all of l2's weight (one law)
+    assert [(f.kind, f.count, sorted(f.params)) for f in ann.families] == [
+        ("rescale", 1, ["l1.bias", "l1.weight", "l2.weight"])]
+    assert_sound(ann)
+
+
+def test_float_remainder_is_a_value_op():
+    ann = annotate(TwoLayer(lambda y: y % 1.5, where="end"), torch.randn(6, 4), frontend="fx")
+    assert not touches(ann, "l2.weight") or all(
+        "l1.weight" in f.params for f in ann.families if "l2.weight" in f.params)
+    assert not [f for f in ann.families if f.params == ["l2.weight", "l2.bias"]]
+    assert_sound(ann)
+
+
+@pytest.mark.parametrize("frontend", FRONTENDS)
+def test_detach_stops_the_law(frontend):
+    """The output is invariant, but l1 gets no gradient through .detach(): one SGD step moves
+    ‖l1 row‖² − ‖l2 col‖² at first order."""
+    ann = annotate(TwoLayer(lambda y: y.detach()), torch.randn(6, 4), frontend=frontend)
+    assert not touches(ann, "l1.weight") and not touches(ann, "l2.weight")
+    assert any("stops the gradient" in b.why for b in ann.breakers)
+
+
+# ----------------------------------------------------------------------------- translation: every operand
+
+@pytest.mark.parametrize("frontend", FRONTENDS)
+def test_shift_through_a_computed_bias_is_not_dropped(frontend):
+    """F.linear(x, W, b1 + b2): shifting b1 shifts the output; the linear rule only followed
+    the input operand and reported Σb1 as a law (r ≈ 0.85)."""
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.W, self.b1, self.b2 = (nn.Parameter(torch.randn(3, 4)), nn.Parameter(torch.randn(3)),
+                                        nn.Parameter(torch.randn(3)))
+
+        def forward(self, x):
+            return F.linear(x, self.W, self.b1 + self.b2)
+
+    ann = annotate(M(), torch.randn(6, 4), frontend=frontend)
+    assert not touches(ann, "b1") and not touches(ann, "b2")
+
+
+def test_shift_through_an_attention_mask_is_not_dropped():
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.B, self.lin = nn.Parameter(torch.randn(5, 5)), nn.Linear(4, 4)
+            self.register_buffer("z", torch.zeros(5, 5))
+
+        def forward(self, x):
+            return F.scaled_dot_product_attention(x, x, self.lin(x), attn_mask=(self.z + self.B).transpose(0, 1))
+
+    ann = annotate(M(), torch.randn(2, 5, 4))
+    assert not touches(ann, "B")
+    assert_sound(ann)
+
+
+@pytest.mark.parametrize("frontend", FRONTENDS)
+def test_stack_moves_the_axes_after_the_new_one(frontend):
+    """stack([l(x).t()], 0) is (1, 3, B): a bias entry's shift is constant along B (axis 2); the
+    cat rule reported axis 1, which log_softmax(dim=1) then 'absorbed' (r = 1). The total shift
+    (constant along every axis) is still absorbed: Σ bias is a law."""
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(4, 3)
+
+        def forward(self, x):
+            return torch.log_softmax(torch.stack([self.lin(x).t()], dim=0), dim=1)
+
+    ann = annotate(M(), torch.randn(5, 4), frontend=frontend)
+    bias = [f for f in ann.families if f.params == ["lin.bias"]]
+    assert len(bias) == 1 and bias[0].count == 1 and bias[0].terms[0].reducer == "total"
+    assert_sound(ann)
+
+
+@pytest.mark.parametrize("frontend", FRONTENDS)
+def test_matmul_batch_axes_need_the_other_operand_flat(frontend):
+    """bmm(l(x), y) with y data varying over the batch: a bias shift becomes δ·y[b], not
+    constant over the batch, so BatchNorm does not absorb it (r = 1) -- and the bias may not be
+    dropped from the scale law either."""
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin, self.bn = nn.Linear(4, 3), nn.BatchNorm1d(6)
+
+        def forward(self, x, y):
+            return self.bn(torch.bmm(self.lin(x), y).transpose(1, 2))
+
+    ann = annotate(M(), torch.randn(5, 2, 4), torch.randn(5, 3, 6), frontend=frontend)
+    assert not [f for f in ann.families if f.kind == "translation"]
+    scale = [f for f in ann.families if f.kind == "scale"]
+    assert len(scale) == 1 and sorted(scale[0].params) == ["lin.bias", "lin.weight"]
+    assert_sound(ann)
+
+
+# ----------------------------------------------------------------------------- operands the views dropped
+
+@pytest.mark.parametrize("frontend", FRONTENDS)
+def test_prelu_slope_is_an_operand(frontend):
+    """F.prelu(bn(l1(x)), l1.bias): the slope is a use of l1.bias, which the 'homog' view left
+    out, so Σ l1.bias looked like a law (r = 1). The bn→l2 law through PReLU stays."""
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.l1, self.bn, self.l2 = nn.Linear(4, 5), nn.BatchNorm1d(5), nn.Linear(5, 3)
+
+        def forward(self, x):
+            return self.l2(F.prelu(self.bn(self.l1(x)), self.l1.bias))
+
+    ann = annotate(M(), torch.randn(6, 4), frontend=frontend)
+    assert not touches(ann, "l1.bias")
+    assert [sorted(f.params) for f in ann.families if f.kind == "rescale"] == [["bn.bias", "bn.weight", "l2.weight"]]
+    assert_sound(ann)
+
+
+def test_prelu_module_slope_tied_to_a_bias():
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.l1, self.act, self.l2 = nn.Linear(4, 1), nn.PReLU(1), nn.Linear(1, 3)
+            self.act.weight = self.l1.bias
+
+        def forward(self, x):
+            return self.l2(self.act(self.l1(x)))
+
+    ann = annotate(M(), torch.randn(6, 4))
+    assert ann.total_laws == 0
+
+
+@pytest.mark.parametrize("how", ["module", "functional"])
+def test_embedding_max_norm_has_no_rule(how):
+    """max_norm renormalizes the looked-up rows in the forward: rescaling a column of the table
+    changes the output by ~10%, although every gradient is orthogonal to the 'law'."""
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.e, self.lin = nn.Embedding(7, 4, max_norm=1.0), nn.Linear(4, 3)
+
+        def forward(self, i):
+            if how == "module":
+                return self.lin(self.e(i))
+            return self.lin(F.embedding(i, self.e.weight, max_norm=1.0))
+
+    ann = annotate(M(), torch.randint(0, 7, (3, 5)), frontend="fx")
+    assert not touches(ann, "e.weight")
+    assert any("max_norm" in b.why for b in ann.breakers)
+
+
+@pytest.mark.parametrize("frontend", FRONTENDS)
+def test_embedding_scale_grad_by_freq_has_no_rule(frontend):
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.e, self.lin = nn.Embedding(7, 4, scale_grad_by_freq=True), nn.Linear(4, 3)
+
+        def forward(self, i):
+            return self.lin(self.e(i))
+
+    ann = annotate(M(), torch.tensor([[0, 1, 1, 2, 2], [2, 3, 4, 5, 6]]), frontend=frontend)
+    assert not touches(ann, "e.weight")
+
+
+# ----------------------------------------------------------------------------- in-place ops under fx
+
+class InplaceScale(nn.Module):
+    def __init__(self, op):
+        super().__init__()
+        self.l1, self.l2, self.s, self.op = nn.Linear(4, 5), nn.Linear(5, 3), nn.Parameter(torch.rand(5) + 0.5), op
+
+    def forward(self, x):
+        h = self.l1(x)
+        self.op(h, self.s)  # statement form: the result is not rebound
+        return self.l2(torch.relu(h))
+
+
+@pytest.mark.parametrize("frontend", FRONTENDS)
+def test_inplace_mul_is_followed(frontend):
+    """``h.mul_(s)`` then ``l2(relu(h))``: fx pointed l2 at h before the write. Followed, the
+    graph is l2(relu(l1(x)·s)): l1 rows rescale against s, s against l2's columns."""
+    ann = annotate(InplaceScale(lambda h, s: h.mul_(s)), torch.randn(6, 4), frontend=frontend)
+    # two independent laws per unit (any basis of the span of l1|s and s|l2)
+    assert ann.counts()["rescale"] == ann.total_laws == 10
+    assert set().union(*(f.params for f in ann.families)) == {"l1.weight", "l1.bias", "s", "l2.weight"}
+    assert_sound(ann)
+
+
+def test_inplace_add_is_followed():
+    ann = annotate(InplaceScale(lambda h, s: h.add_(s)), torch.randn(6, 4), frontend="fx")
+    assert not [f for f in ann.families if f.kind == "translation"]  # Σ s is not a law
+    assert [sorted(f.params) for f in ann.families] == [["l1.bias", "l1.weight", "l2.weight", "s"]]
+    assert_sound(ann)
+
+
+def test_inplace_write_through_a_view_is_refused_by_fx_and_exported():
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.l1, self.l2 = nn.Linear(4, 4), nn.Linear(4, 3)
+
+        def forward(self, x):
+            h = self.l1(x)
+            h[:, :2].mul_(2.0)
+            return self.l2(torch.relu(h))
+
+    with pytest.raises(fxcons.CaptureError, match="shares memory"):
+        fxcons.annotate(M(), (torch.randn(6, 4),), frontend="fx")
+    ann = annotate(M(), torch.randn(6, 4))  # auto: torch.export functionalizes the write
+    assert ann.frontend == "export"
+    assert_sound(ann)
+
+
+# ----------------------------------------------------------------------------- eps constants
+
+def test_small_constant_added_to_a_unit_is_not_an_eps():
+    """relu(h) + 1e-3 feeding a Linear was read as a normalization's eps (a 'scale' law, r = 0.5)."""
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.l1, self.l2 = nn.Linear(4, 5), nn.Linear(5, 3)
+
+        def forward(self, x):
+            return self.l2(torch.relu(self.l1(x)) + 1e-3)
+
+    assert annotate(M(), torch.randn(6, 4)).total_laws == 0
+
+
+def test_eps_under_an_rsqrt_is_still_a_normalization():
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.l1, self.l2 = nn.Linear(4, 5), nn.Linear(5, 3)
+
+        def forward(self, x):
+            h = self.l1(x)
+            return self.l2(h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + 1e-6))
+
+    ann = annotate(M(), torch.randn(6, 4))
+    scale = [f for f in ann.families if f.kind == "scale"]
+    assert len(scale) == 1 and scale[0].exactness == "eps" and sorted(scale[0].params) == ["l1.bias", "l1.weight"]
+    assert_sound(ann)
+
+
+# ----------------------------------------------------------------------------- crashes
+
+@pytest.mark.parametrize("frontend", FRONTENDS)
+def test_computed_linear_weight_breaks_instead_of_crashing(frontend):
+    class TiedAE(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.l0, self.l1 = nn.Linear(4, 4), nn.Linear(4, 6)
+
+        def forward(self, x):
+            return F.linear(torch.relu(self.l1(torch.relu(self.l0(x)))), self.l1.weight.t())
+
+    ann = annotate(TiedAE(), torch.randn(6, 4), frontend=frontend)
+    assert any("computed" in b.why for b in ann.breakers)
+    assert_sound(ann)
+
+
+def test_computed_conv_weight_breaks_instead_of_crashing():
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.W, self.c2 = nn.Parameter(torch.randn(4, 3, 3, 3)), nn.Conv2d(4, 2, 1)
+
+        def forward(self, x):
+            return self.c2(torch.relu(F.conv2d(x, self.W * 2.0)))
+
+    ann = annotate(M(), torch.randn(2, 3, 5, 5), frontend="fx")
+    assert not touches(ann, "W")
+    assert_sound(ann)
+
+
+@pytest.mark.filterwarnings("ignore:Implicit dimension choice")
+def test_softmax_module_without_dim():
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin, self.sm = nn.Linear(4, 3), nn.Softmax()
+
+        def forward(self, x):
+            return self.sm(self.lin(x))
+
+    ann = annotate(M(), torch.randn(6, 4), frontend="fx")  # 2-d input: legacy dim 1 (the features)
+    assert [(f.params, f.terms[0].reducer) for f in ann.families] == [(["lin.weight"], "sum0"), (["lin.bias"], "total")]
+    assert_sound(ann)
+
+
+def test_export_of_a_forward_that_makes_cpu_tensors():
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.l1, self.l2 = nn.Linear(4, 5), nn.Linear(5, 3)
+
+        def forward(self, x):
+            h = torch.relu(self.l1(x))
+            idx = torch.tensor([[4, 3, 2, 1, 0]]).expand(x.shape[0], 5)
+            return self.l2(torch.zeros_like(h).scatter(1, idx, h))
+
+    ann = annotate(M(), torch.randn(6, 4), frontend="export")
+    assert ann.frontend == "export"
+    assert_sound(ann)
