@@ -131,7 +131,7 @@ def _module_view(cap: Captured, node: fx.Node, m: nn.Module) -> View:
     if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
         if m.padding_mode != "zeros":
             return View("unknown", [x], {"why": f"conv padding_mode={m.padding_mode!r}"})
-        return View("conv", [x, P(m.weight), P(m.bias)], {"groups": m.groups})
+        return View("conv", [x, P(m.weight), P(m.bias)], {"groups": m.groups, "padded": _padded(m.padding)})
     if isinstance(m, nn.modules.batchnorm._BatchNorm):
         training = m.training or not m.track_running_stats
         return View("batch_norm", [x, P(m.weight), P(m.bias)], {"training": training})
@@ -164,6 +164,15 @@ def _module_view(cap: Captured, node: fx.Node, m: nn.Module) -> View:
     if isinstance(m, nn.MultiheadAttention):
         return _mha_view(cap, node, m)
     return View("unknown", [x], {"why": f"no rule for module type {type(m).__module__}.{type(m).__name__}"})
+
+
+def _padded(padding: Any) -> bool:
+    """Does a convolution pad its input with zeros ('same' is counted as padding)?"""
+    if isinstance(padding, str):
+        return padding != "valid"
+    if isinstance(padding, int):
+        return padding != 0
+    return any(int(p) != 0 for p in padding)
 
 
 def _softmax_dim(dim: int | None, ndim: int | None) -> int:
@@ -246,11 +255,12 @@ def _function_view(cap: Captured, node: fx.Node, name: str) -> View:
     if name in ("addmm",):  # bias + x @ W (W stored in,out) -- Conv1D spelling
         return View("linear", [a[1], a[2], a[0]], {"layout": "in_out"})
     if name in ("conv1d", "conv2d", "conv3d"):
-        return View("conv", [x, _arg(node, 1, "weight"), _arg(node, 2, "bias")], {"groups": _arg(node, 6, "groups", 1)})
+        return View("conv", [x, _arg(node, 1, "weight"), _arg(node, 2, "bias")],
+                    {"groups": _arg(node, 6, "groups", 1), "padded": _padded(_arg(node, 4, "padding", 0))})
     if name == "convolution":
         if a[6]:
             return View("unknown", [x], {"why": "transposed convolution has no rule"})
-        return View("conv", [x, a[1], a[2]], {"groups": a[8]})
+        return View("conv", [x, a[1], a[2]], {"groups": a[8], "padded": _padded(a[4])})
     if name == "batch_norm":
         training = _arg(node, 5, "training", False)
         if node.op == "call_function" and isinstance(node.target, torch._ops.OpOverload):

@@ -70,11 +70,24 @@ def _linear_t(node, v, T):
     return T[0] - {nd - 1}
 
 
+def _conv_batched(node, v) -> bool:
+    wshape = _shape(v.ins[1])
+    return wshape is not None and _ndim(node) == len(wshape)
+
+
 def _conv_t(node, v, T):
-    if T[0] is None:
+    """out[o, p] = Σ_{i,k} W[o, i, k] δ[i, s·p + d·k]: the kernel mixes channels, so no tangent
+    stays constant along them; a tangent constant over the positions stays so unless zero
+    padding makes the border differ; the batch axis is carried."""
+    F = T[0]
+    if F is None:
         return None
-    # zero padding and the kernel mix channels and positions: only the batch axis stays flat
-    return frozenset({0}) & T[0] if _ndim(node) > 1 else frozenset()
+    nd, wshape = _ndim(node), _shape(v.ins[1])
+    if wshape is None:
+        return BROKEN
+    spatial = set(range(nd - (len(wshape) - 2), nd))
+    keep = ({0} if _conv_batched(node, v) else set()) | (set() if v.attrs.get("padded", True) else spatial)
+    return F & frozenset(keep)
 
 
 def _batch_norm_t(node, v, T):
@@ -433,7 +446,10 @@ def _start_tangent(node, v, pos: int, direction: str):
         return BROKEN
     kind = v.kind
     if kind in ("linear", "conv", "batch_norm", "layer_norm", "group_norm", "rms_norm"):
-        feat = nd - 1 if kind in ("linear", "layer_norm", "rms_norm") else (1 if nd > 1 else 0)
+        if kind == "conv":
+            feat = 1 if _conv_batched(node, v) else 0
+        else:
+            feat = nd - 1 if kind in ("linear", "layer_norm", "rms_norm") else (1 if nd > 1 else 0)
         if kind in ("layer_norm", "rms_norm") and pos == 1 or kind in ("batch_norm", "group_norm") and pos == 1:
             return BROKEN  # γ multiplies the normalized input: its shift is not constant
         if kind == "rms_norm":

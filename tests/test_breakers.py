@@ -206,3 +206,59 @@ def test_column_shift_through_avg_pool_is_a_law():
     u = torch.randn(1, 2, 3, 3, dtype=torch.float64).expand(3, 2, 3, 3)
     assert _directional_change(model, x, "conv.weight", u, head="classification") < 1e-9
     assert ann.verify(probes=2).ok
+
+
+class ConvThenBN(nn.Module):
+    """bn1(conv1(x)) → conv2 → bn2: β of bn1 shifts each channel by a constant; conv2 maps that
+    to a constant per output channel only if it does not pad (else the border differs)."""
+
+    def __init__(self, padding):
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(2, 3, 3, padding=1), nn.BatchNorm2d(3)
+        self.conv2, self.bn2 = nn.Conv2d(3, 4, 3, padding=padding), nn.BatchNorm2d(4)
+
+    def forward(self, x):
+        return self.bn2(self.conv2(self.bn1(self.conv1(x))))
+
+
+@pytest.mark.parametrize("padding,law", [(0, True), (1, False), ("same", False)])
+def test_bn_bias_shift_through_a_conv_needs_no_padding(padding, law):
+    torch.manual_seed(0)
+    model, x = ConvThenBN(padding), torch.randn(4, 2, 6, 6)
+    ann = fxcons.annotate(model, (x,))
+    fams = [f for f in ann.families if f.params == ["bn1.bias"]]
+    assert len(fams) == int(law)
+    shift = _directional_change(model.train(), x, "bn1.bias", torch.randn(3, dtype=torch.float64))
+    assert (shift < 1e-9) == law
+    if law:
+        assert fams[0].count == 3 and fams[0].terms[0].reducer == "entry"
+    assert ann.verify(probes=2).ok
+
+
+@pytest.mark.parametrize("dim,law", [(-1, True), (0, False)])
+def test_unbatched_conv_bias_is_per_channel(dim, law):
+    """Conv2d on a (C, H, W) input: the channel axis is 0. A bias entry's shift is constant over
+    H and W; an unpadded 1x1 conv keeps it constant there but mixes the channels, so a softmax
+    over W absorbs it and a softmax over C does not (the rule used to take axis 1 for the
+    channels and axis 0 for a batch axis the conv carries)."""
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c1, self.c2 = nn.Conv2d(2, 3, 1), nn.Conv2d(3, 4, 1)
+
+        def forward(self, x):
+            return torch.softmax(self.c2(self.c1(x)), dim=dim)
+
+    torch.manual_seed(0)
+    model, x = M(), torch.randn(2, 5, 5)
+    ann = fxcons.annotate(model, (x,))
+    fams = [f for f in ann.families if f.params == ["c1.bias"]]
+    e = torch.zeros(3, dtype=torch.float64)
+    e[0] = 1.0
+    shift = _directional_change(model, x, "c1.bias", e)
+    if law:
+        assert len(fams) == 1 and fams[0].count == 3 and fams[0].terms[0].reducer == "entry"
+        assert shift < 1e-9
+    else:
+        assert not fams and shift > 1e-3
+    assert ann.verify(probes=2).ok

@@ -152,10 +152,9 @@ def test_densenet121_counts_and_oracle():
 #   training-mode BN, which removes it. So each projection-BN bias entry has zero gradient
 #   (§3.5, BN subtracts the per-channel mean): 16 + 2·24 + 3·32 + 4·64 + 3·96 + 3·160 + 320
 #   = 1504 laws (test_mobilenet_v2_projection_bias_has_zero_gradient checks them directly).
-#   The engine finds none of them at 64x64 (and only those whose 1x1 conv runs on a 1x1 map at
-#   32x32): a gap (missing laws), not asserted as a count here; we assert that whatever
-#   translation laws it emits are among these 1504.
-MOBILENET_V2 = {"scale": 17056, "rescale": 712, **ZERO}
+#   They need the conv rule to know that an unpadded 1x1 conv keeps a tangent constant over
+#   the positions (a padded conv does not: its border differs).
+MOBILENET_V2 = {"scale": 17056, "rescale": 712, "translation": 1504, **ZERO}
 MOBILENET_V2_TRANSLATION = 1504
 
 
@@ -186,8 +185,8 @@ def test_mobilenet_v2_relu6_stops_rescaling():
     counts = ann.counts()
     assert {k: counts[k] for k in MOBILENET_V2} == MOBILENET_V2
     proj = set(_projection_biases(model))
-    assert all(set(f.params) <= proj for f in ann.families if f.kind == "translation")
-    assert counts["translation"] <= MOBILENET_V2_TRANSLATION
+    assert set().union(*(f.params for f in ann.families if f.kind == "translation")) == proj
+    assert counts["translation"] == MOBILENET_V2_TRANSLATION
     relu6, feeding = _relu6_producers(model)
     assert len(relu6) == 35 and len(feeding) == 70       # 35 BNs feed a ReLU6
     rescale = [f for f in ann.families if f.kind == "rescale"]
