@@ -63,6 +63,12 @@ def _holds_tensor(v: Any) -> bool:
     return v is not None and not isinstance(v, (int, float, bool, str, torch.dtype, torch.device, torch.Size))
 
 
+def _python_values_only(node: fx.Node) -> bool:
+    """Neither the result nor any operand holds a tensor (ints, tuples, shapes)."""
+    return not _holds_tensor(node.meta.get("val")) and not any(
+        _holds_tensor(x.meta.get("val")) for x in node.all_input_nodes)
+
+
 def _dims(d: Any, nd: int) -> list[int]:
     if d is None:
         return list(range(nd))
@@ -153,8 +159,8 @@ def _module_view(cap: Captured, node: fx.Node, m: nn.Module) -> View:
         return View("dropout", [x], {"active": m.training and m.p > 0, "p": m.p})
     if isinstance(m, (nn.Flatten, nn.Unflatten)):
         return View("reshape", [x])
-    if isinstance(m, POOL_MODULES):
-        return View("pool", [x], {"fn": type(m).__name__})
+    if isinstance(m, POOL_MODULES):  # k: how many trailing (spatial) axes it pools over
+        return View("pool", [x], {"fn": type(m).__name__, "k": int(type(m).__name__[-2])})
     if isinstance(m, (nn.Softmax, nn.LogSoftmax)):
         return View("softmax", [x], {"dim": _softmax_dim(m.dim, _ndim(_val(x))), "log": isinstance(m, nn.LogSoftmax)})
     if isinstance(m, NONHOMOG_MODULES):
@@ -370,7 +376,7 @@ def _function_view(cap: Captured, node: fx.Node, name: str) -> View:
         nd = _ndim(_val(x))
         k = int(name[-2]) if name[-2].isdigit() else 2
         if "with_indices" in name:
-            k = 2
+            k = int(name.split("_pool")[1][0])
         return View("pool", [x], {"fn": name, "k": k})
     if name in ("softmax", "log_softmax", "_softmax", "_log_softmax", "safe_softmax", "_safe_softmax"):
         return View("softmax", [x], {"dim": _softmax_dim(_arg(node, 1, "dim"), _ndim(_val(x))), "log": "log" in name})
@@ -409,8 +415,10 @@ def canonicalize(cap: Captured) -> None:
     """Attach a :class:`View` to every node of ``cap.gm`` (``node.meta['fxc']``)."""
     gm = cap.gm
     for node in gm.graph.nodes:
-        node.meta["fxc"] = _view(cap, node)
-        view = node.meta["fxc"]
+        view = _view(cap, node)
+        if view.kind not in ("param", "input", "const", "output", "meta") and _python_values_only(node):
+            view = View("meta", list(node.args))  # shape arithmetic: (x.shape[0],) + (1,) * (x.ndim - 1)
+        node.meta["fxc"] = view
         if view.kind in ("unknown", "breaker"):  # every tensor operand is stopped, not just the first
             view.ins = list(view.ins) + [x for x in node.all_input_nodes if not any(x is y for y in view.ins)]
         view.where = _where(cap, node)

@@ -18,6 +18,7 @@ import torch.fx as fx
 from fxcons.derive import remove_subsumed
 from fxcons.lawset import LawFamily, Term
 from fxcons.ops import ParamRef
+from fxcons.scale import rule_failure
 
 TRANSPARENT = {"identity"}
 
@@ -29,7 +30,14 @@ def _shape(n):
 
 def _feature_axis(node) -> int:
     v = node.meta["fxc"]
-    return -1 if v.kind == "linear" else 1
+    return -1 if v.kind == "linear" else _conv_channel_axis(node)
+
+
+def _conv_channel_axis(node) -> int:
+    """1 for a batched input, 0 for an unbatched one (the weight has the input's ndim)."""
+    w = node.meta["fxc"].ins[1]
+    wshape = w.shape if isinstance(w, ParamRef) else _shape(w)
+    return 1 if wshape is not None and len(wshape) == len(_shape(node) or ()) else 0
 
 
 def _consumers(start: fx.Node, axis: int):
@@ -42,8 +50,8 @@ def _consumers(start: fx.Node, axis: int):
             nd = len(_shape(node) or ())
             if v.kind in ("identity",) or (v.kind == "dropout" and not v.attrs.get("active")):
                 stack.append((user, ax))
-            elif v.kind == "pool" and "avg" in v.attrs.get("fn", "").lower() and ax % nd == 1:
-                stack.append((user, ax))
+            elif v.kind == "pool" and "avg" in v.attrs.get("fn", "").lower() and ax % nd < nd - int(v.attrs["k"]):
+                stack.append((user, ax))  # averages over the trailing k axes, not the features
             elif v.kind == "reduce" and v.attrs["fn"] in ("sum", "mean") and (ax % nd) not in v.attrs["dims"]:
                 if not v.attrs["keepdim"]:
                     kept = [a for a in range(nd) if a not in v.attrs["dims"]]
@@ -52,7 +60,7 @@ def _consumers(start: fx.Node, axis: int):
             elif v.kind in ("linear", "conv") and v.ins[0] is node:
                 if v.kind == "linear" and ax % nd != nd - 1:
                     return None
-                if v.kind == "conv" and (ax % nd != 1 or v.attrs.get("groups", 1) != 1):
+                if v.kind == "conv" and (ax % nd != _conv_channel_axis(user) or v.attrs.get("groups", 1) != 1):
                     return None
                 if v.kind == "linear" and v.attrs.get("layout", "out_in") != "out_in":
                     return None
@@ -75,7 +83,11 @@ def gl_pass(cap, head, fams):
         b = v.ins[2] if len(v.ins) > 2 else None
         if not isinstance(w, ParamRef) or (b is not None and not isinstance(b, ParamRef)):
             continue
-        cons = _consumers(node, _feature_axis(node))
+        try:
+            cons = _consumers(node, _feature_axis(node))
+        except Exception as e:  # no rule for this neighbourhood: no GL law here
+            rule_failure(v.kind, e)
+            continue
         if not cons:
             continue
         params = [w] + ([b] if b is not None else []) + [c.meta["fxc"].ins[1] for c in cons]

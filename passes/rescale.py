@@ -301,12 +301,14 @@ def _full_along(A, ids, shape, dim, nd):
 
 
 def _cat(A: ScaleAnalysis, node, v):
-    vals = [A.val(x) for x in v.ins]
+    nd = len(A.out_shape(node))
+    # torch.cat skips empty 1-d operands (an empty KV cache): they have no coordinates
+    ins = [x for x in v.ins if not (nd > 1 and A.shape(x) == (0,))]
+    vals = [A.val(x) for x in ins]
     if all(x is None for x in vals):
         return None
     dim = v.attrs["dim"]
-    shapes = [A.shape(x) for x in v.ins]
-    nd = len(shapes[0])
+    shapes = [A.shape(x) for x in ins]
     arrs = [_full_along(A, ids, s, dim, nd) for ids, s in zip(vals, shapes)]
     # common broadcast over the other axes
     other = [max(a.shape[k] for a in arrs) for k in range(nd)]
@@ -424,7 +426,7 @@ def _pool(A: ScaleAnalysis, node, v):
     ids = A.val(v.ins[0])
     if ids is None:
         return None
-    k = int(v.attrs.get("k") or (len(A.out_shape(node)) - 2))
+    k = int(v.attrs["k"])  # the trailing k axes are pooled (an unbatched input has no batch axis)
     return A.collapse(ids, list(range(ids.ndim - k, ids.ndim)))
 
 

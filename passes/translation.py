@@ -23,6 +23,7 @@ import torch.fx as fx
 
 from fxcons.lawset import LawFamily, Term
 from fxcons.ops import ParamRef
+from fxcons.scale import rule_failure
 
 class _Broken:
     def __repr__(self) -> str:
@@ -262,7 +263,7 @@ def _pool_t(node, v, T):
     if F is None:
         return None
     nd = _ndim(node)
-    k = int(v.attrs.get("k") or nd - 2)
+    k = int(v.attrs["k"])
     spatial = set(range(nd - k, nd))
     fn = v.attrs.get("fn", "").lower()
     if "max" in fn:
@@ -391,7 +392,11 @@ def propagate(cap, starts: dict[fx.Node, frozenset], head: str | None) -> bool:
         rule = RULES.get(v.kind)
         if rule is None:
             return False
-        res = rule(node, v, ins_t)
+        try:
+            res = rule(node, v, ins_t)
+        except Exception as e:
+            rule_failure(v.kind, e)
+            return False
         if res is BROKEN:
             return False
         if res is ABSORBED or res is None:
