@@ -14,6 +14,7 @@ Data inputs, buffers and model outputs have scale 0. Normalizations forget their
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -50,6 +51,14 @@ class Breaker:
     where: str
     why: str
     family: str = "rescale"
+
+
+def rule_failure(kind: str, e: BaseException) -> str:
+    """The breaker reason for a rule that raised (sound: the node stops every symmetry), with a
+    warning, since it is a gap in the rule (please report it)."""
+    why = f"the {kind!r} rule cannot read this node ({type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''})"
+    warnings.warn(f"fxcons: {why}; the symmetries through it are treated as broken", stacklevel=3)
+    return why
 
 
 class ScaleAnalysis:
@@ -211,7 +220,12 @@ class ScaleAnalysis:
                 self.broken(node, view.attrs.get("why", f"no rescale rule for op kind {view.kind!r}"), *ins)
                 self.env[node] = None
                 continue
-            out = rule(self, node, view)
+            try:
+                out = rule(self, node, view)
+            except Exception as e:  # a rule that cannot read this node stops its symmetries
+                ins = [self.val(x) for x in view.ins if isinstance(x, (fx.Node, ParamRef))]
+                self.broken(node, rule_failure(view.kind, e), *[i for i in ins if isinstance(i, np.ndarray)])
+                out = None
             val = node.meta.get("val")
             if isinstance(val, (tuple, list)) and not isinstance(out, tuple):
                 out = (out,) + (None,) * (len(val) - 1)  # e.g. max_pool2d_with_indices

@@ -39,7 +39,7 @@ import torch.fx as fx
 from fxcons.derive import _named_family, remove_subsumed
 from fxcons.lawset import LawFamily, Term
 from fxcons.ops import ParamRef
-from fxcons.scale import Breaker, ScaleAnalysis
+from fxcons.scale import Breaker, ScaleAnalysis, rule_failure
 
 from . import rescale as R
 
@@ -155,11 +155,15 @@ class HeadAnalysis:
             self._node = node
             v = node.meta["fxc"]
             rule = SHAPE_RULES.get(v.kind)
-            if rule is not None:
-                self.env[node] = _none_if_empty(rule(self.shape_env, node, v))
-                continue
             handler = getattr(self, "_" + v.kind, None)
-            self.env[node] = self._opaque(node, v) if handler is None else handler(node, v)
+            try:
+                if rule is not None:
+                    out = _none_if_empty(rule(self.shape_env, node, v))
+                else:
+                    out = self._opaque(node, v) if handler is None else handler(node, v)
+            except Exception as e:  # a rule that cannot read this node spoils the heads through it
+                out = self._opaque(node, v, rule_failure(v.kind, e))
+            self.env[node] = out
 
     def _meta(self, node, v):
         """Sizes, shapes, ``*_like`` constants and comparisons (``fxcons.ops.SHAPE_ONLY``) do
