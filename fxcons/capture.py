@@ -65,14 +65,18 @@ class Captured:
 
 
 class LeafTracer(fx.Tracer):
-    """Keeps standard layers (and user-registered classes) as leaves."""
+    """Keeps standard layers (and user-registered classes) as leaves. A ``torch.nn`` module made
+    of other layers (``TransformerEncoderLayer``) has no rule of its own: it is traced through,
+    except ``MultiheadAttention``, which has one."""
 
     extra_leaves: tuple[type, ...] = ()
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
         if isinstance(m, self.extra_leaves):
             return True
-        return super().is_leaf_module(m, qualname)
+        if not super().is_leaf_module(m, qualname):
+            return False
+        return isinstance(m, nn.MultiheadAttention) or next(m.children(), None) is None
 
 
 _REGISTERED_LEAVES: list[type] = []
@@ -151,14 +155,36 @@ class _MetaRecorder(fx.Interpreter):
     def run_node(self, n: fx.Node) -> Any:
         try:
             out = super().run_node(n)
-        except Exception as e:  # pragma: no cover - message path tested via CLI
-            raise CaptureError(
-                f"shape propagation failed at node '{n.name}' ({n.op} {n.target}): "
-                f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}. "
-                "Check the example inputs (--example-shape) match what the model expects."
-            ) from None
+        except ShapeError:
+            raise
+        except Exception as e:
+            text = str(e).splitlines()[0] if str(e) else ""
+            hint = ("the model makes tensors on a fixed device inside forward, which the meta copy "
+                    "fxcons traces cannot mix with: use frontend='export' (--frontend export)"
+                    if "device meta" in text or "meta and cpu" in text else
+                    "check the example inputs (--example-shape) match what the model expects")
+            raise ShapeError(f"shape propagation failed at node '{n.name}' ({n.op} {_target_name(n)}): "
+                             f"{type(e).__name__}: {text}; {hint}") from None
         n.meta["val"] = out
         return out
+
+    def run(self, *args: Any) -> Any:
+        try:
+            return super().run(*args)
+        except ShapeError as e:  # fx appends "While executing ..." to the message: keep ours
+            raise ShapeError(e.message) from None
+
+
+class ShapeError(CaptureError):
+    """The example inputs could not be run through the captured graph."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+def _target_name(n: fx.Node) -> str:
+    return getattr(n.target, "__name__", None) or str(n.target)
 
 
 class UnfollowableMutation(RuntimeError):
@@ -298,6 +324,7 @@ def capture(
         first_seen.setdefault(id(p), n)
     errors = []
     fx_cap = None  # an fx capture kept in case export fails (auto mode, opaque wrapped calls)
+    shape_error: ShapeError | None = None
     if frontend in ("auto", "fx"):
         try:
             gm = _capture_fx(mm, meta_args, meta_kwargs)
@@ -315,6 +342,10 @@ def capture(
             if frontend == "fx" or not _opaque_wrapped_calls(gm):
                 return cap
             fx_cap = cap  # torch.fx.wrap'ed functions hide their insides from fx: try export
+        except ShapeError as e:
+            if frontend == "fx":
+                raise
+            shape_error = e  # export may still run it (a tensor made on a fixed device in forward)
         except CaptureError:
             raise
         except Exception as e:
@@ -337,6 +368,9 @@ def capture(
     except Exception as e:
         if fx_cap is not None:
             return fx_cap
+        if shape_error is not None:  # both failed: the fx message is the precise one
+            raise ShapeError(f"{shape_error.message} (torch.export failed too: {type(e).__name__}: "
+                             f"{_first_line(e)[:150]})") from None
         errors.append(f"torch.export: {type(e).__name__}: {_first_line(e)}")
         raise CaptureError("could not capture the model (" + "; ".join(errors) + ")") from None
     cap = Captured(gm, "export", training, params)
