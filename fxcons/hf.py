@@ -77,15 +77,23 @@ def build_hf(name: str, opts: dict[str, Any] | None = None) -> LoadedModel:
     unknown = sorted(k for k in opts if k not in known and not hasattr(config_cls, k))
     if unknown:
         raise SpecError(f"hf:{key} has no config field {', '.join(unknown)} (see transformers.{recipe.config})")
-    config = config_cls(**fields)
-    config._attn_implementation = attn
     model_cls = getattr(transformers, recipe.base if task == "base" else recipe.model)
     transformers.logging.set_verbosity_error()
     torch.manual_seed(0)
-    model = model_cls(config).train()
+    try:  # a config that validates its fields, or a model that rejects the combination
+        config = config_cls(**fields)
+        config._attn_implementation = attn
+        model = model_cls(config).train()
+    except Exception as e:  # noqa: BLE001 - config validation raises its own exception types
+        raise SpecError(f"hf:{key} cannot be built with {opts}: {type(e).__name__}: {_first_line(e)}") from None
     args, kwargs = _INPUTS[recipe.inputs](config, batch, seq)
     head = "classification" if task == "head" else None
     return LoadedModel(model, args, head=head, example_kwargs=kwargs, frontend="export", name=f"hf:{key}")
+
+
+def _first_line(e: BaseException) -> str:
+    lines = [s.strip() for s in str(e).splitlines() if s.strip()]
+    return lines[-1][:200] if lines else ""
 
 
 def _tokens(config, batch: int, seq: int):

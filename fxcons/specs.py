@@ -113,11 +113,22 @@ def _timm(name: str, opts: dict) -> LoadedModel:
         raise SpecError("timm is not installed: pip install 'fxcons[zoo]'") from None
     try:
         model = timm.create_model(name, pretrained=False, **opts)
-    except RuntimeError as e:
-        raise SpecError(f"timm cannot build {name!r}: {str(e).splitlines()[0]}") from None
+    except (RuntimeError, TypeError, ValueError, AssertionError) as e:
+        raise SpecError(f"timm cannot build {name!r} with {opts}: {type(e).__name__}: {str(e).splitlines()[0]}") from None
+    return LoadedModel(model, (torch.randn(2, *_timm_input_size(model, opts)),))
+
+
+def _timm_input_size(model: nn.Module, opts: dict) -> tuple[int, ...]:
+    """(C, H, W) the built model expects: its pretrained config, overridden by ``img_size`` /
+    ``in_chans`` options (``timm:vit_tiny_patch16_224?img_size=32``)."""
     cfg = getattr(model, "pretrained_cfg", {}) or {}
-    size = cfg.get("input_size", (3, 224, 224))
-    return LoadedModel(model, (torch.randn(2, *size),))
+    c, h, w = cfg.get("input_size", (3, 224, 224))
+    size = opts.get("img_size")
+    if isinstance(size, int):
+        h = w = size
+    elif isinstance(size, (tuple, list)) and len(size) == 2:
+        h, w = size
+    return int(opts.get("in_chans", c)), int(h), int(w)
 
 
 def _reference(name: str, opts: dict) -> LoadedModel:
