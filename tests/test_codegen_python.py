@@ -192,12 +192,10 @@ def test_drift_matches_reference():
     P0 = random_params(laws, seed=1)
     P1 = {k: v + 1e-3 * torch.randn_like(v) for k, v in P0.items()}
     d = mod.drift(P0, P1)
-    h0, h1 = laws.evaluate(P0), laws.evaluate(P1)
+    want = reference_drift(laws, P0, P1)
     for f in laws.families:
-        mass = reference_mass(f, P0)
-        want = ((h1[f.name] - h0[f.name]).abs() / mass.clamp_min(1e-30)).max()
-        torch.testing.assert_close(d[f.name], want, rtol=1e-10, atol=0)
-        assert mass.min() > 0
+        torch.testing.assert_close(d[f.name], want[f.name], rtol=1e-10, atol=0)
+        assert reference_mass(f, P0).min() > 0
     assert mod.drift(P0, P0) == {f.name: 0 for f in laws.families}
     # LAWS.md §4: one SGD step on y = b(relu(a(x))) moves the rescale law by exactly τ²·h(g)
     m = all_forms_model().double()
@@ -228,8 +226,22 @@ def test_empty_family():
     mod = load_source(to_python(laws))
     P = {"w": torch.randn(3, 2, dtype=torch.float64)}
     assert mod.laws(P)["none"].shape == (0,)
-    d = mod.drift(P, {"w": 1.1 * P["w"]})
-    assert d["none"] == 0 and d["some"].item() == pytest.approx(0.21, rel=1e-12)
+    d = mod.drift(P, {"w": 1.1 * P["w"]})  # h and its mass grow by 1.21: |Δh| / mass(after)
+    assert d["none"] == 0 and d["some"].item() == pytest.approx(0.21 / 1.21, rel=1e-12)
+
+
+def test_drift_of_a_law_that_starts_at_zero_is_not_rounding_noise_over_zero():
+    """A zero-initialised bias whose laws stay zero up to rounding (the key bias under SGD): the
+    floor (1e-6 of the mean law mass) keeps 1e-18 of noise from reading as a 1e12 drift."""
+    laws = LawSet([LawFamily("w", "rescale", "exact", "diag", [Term("w", "sq0", 1.0, np.arange(3)[:, None])]),
+                   LawFamily("kb", "translation", "exact", "linear", [Term("b", "entry", 1.0, np.arange(3)[:, None])])],
+                  {"w": (3, 2), "b": (3,)})
+    mod = load_source(to_python(laws))
+    P0 = {"w": torch.randn(3, 2, dtype=torch.float64), "b": torch.zeros(3, dtype=torch.float64)}
+    P1 = {"w": P0["w"], "b": torch.tensor([5e-18, -2e-18, 0.0], dtype=torch.float64)}
+    d = mod.drift(P0, P1)
+    assert d["w"] == 0 and 0 < d["kb"].item() < 1e-10
+    torch.testing.assert_close(d["kb"], reference_drift(laws, P0, P1)["kb"], rtol=1e-12, atol=0)
 
 
 def test_engine_families_of_every_form():
@@ -246,6 +258,18 @@ def test_engine_families_of_every_form():
         P = {k: v.detach().double() + 0.1 for k, v in m.named_parameters()}
         assert rel_err(ann.laws.evaluate(P), load_source(ann.to_python()).laws(P)) <= 1e-12
     assert forms == {"diag", "linear", "gram"}
+
+
+def reference_drift(laws: LawSet, P0: dict, P1: dict) -> dict[str, torch.Tensor]:
+    """max_u |Δh_u| / max(mass_u(P0), mass_u(P1), 1e-6 · mean of every law's mass at P0)."""
+    h0, h1 = laws.evaluate(P0), laws.evaluate(P1)
+    m0 = {f.name: reference_mass(f, P0) for f in laws.families}
+    floor = 1e-6 * torch.cat([m.reshape(-1) for m in m0.values()]).mean()
+    out = {}
+    for f in laws.families:
+        den = torch.maximum(torch.maximum(m0[f.name], reference_mass(f, P1)), floor.clamp_min(1e-30))
+        out[f.name] = ((h1[f.name] - h0[f.name]).abs() / den).max()
+    return out
 
 
 def reference_mass(f: LawFamily, P: dict) -> torch.Tensor:

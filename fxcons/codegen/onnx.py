@@ -18,9 +18,9 @@ Values graph (``drift=False``): one input per parameter (its qualified name, sha
 ``laws.param_shapes``), one output per family, shape ``[count]``.
 
 Drift graph (``drift=True``): inputs ``before.<name>`` and ``after.<name>``; per family the
-scalar ``max |h(after) − h(before)| / max(mass(before), 1e-30)`` (mass as in the generated Python:
-the law with |coef|, of |θ| for linear laws, ``sqrt(D_a D_b)`` for matrix entries), plus the
-scalar ``max_drift`` over all families.
+scalar ``max |h(after) − h(before)| / max(mass(before), mass(after), 1e-6 · mean mass(before))``
+(mass and floor as in the generated Python's ``drift``: the law with |coef|, of |θ| for linear
+laws, ``sqrt(D_a D_b)`` for matrix entries), plus the scalar ``max_drift`` over all families.
 
 Output names are the family names made into identifiers; ``metadata_props`` holds
 ``fxcons.outputs`` (JSON ``{output name: family name}``) and ``fxcons.families`` (JSON list of
@@ -41,6 +41,7 @@ from ..serialize import atomic_write, index_pattern
 OPSET = 18
 IR_VERSION = 10  # onnxruntime >= 1.20 reads it
 MASS_FLOOR = 1e-30
+from .python import DRIFT_FLOOR  # noqa: E402  (one definition of the relative drift)
 
 
 def _onnx():
@@ -285,13 +286,20 @@ def build_onnx(laws: LawSet, drift: bool = False, dtype: Any = None, opset: int 
     else:
         before = _Family(g, laws, {p: internal("before." + p) for p in params})
         after = _Family(g, laws, {p: internal("after." + p) for p in params})
+        live = [f for f in laws.families if f.count]
+        m0 = {f.name: before.masses(f) for f in live}
+        floor = g.const(MASS_FLOOR)
+        if live:
+            every = g.op("Concat", list(m0.values()), axis=0) if len(live) > 1 else m0[live[0].name]
+            mean = g.op("ReduceMean", [every], keepdims=0)
+            floor = g.op("Max", [g.op("Mul", [mean, g.const(DRIFT_FLOOR)]), floor])
         per_family = []
         for f in laws.families:
             if f.count == 0:
                 rel = g.const(0.0)
             else:
                 d = g.op("Abs", [g.op("Sub", [after.values(f), before.values(f)])])
-                m = g.op("Max", [before.masses(f), g.const(MASS_FLOOR)])
+                m = g.op("Max", [m0[f.name], after.masses(f), floor])
                 rel = g.op("ReduceMax", [g.op("Div", [d, m])], keepdims=0)
             emit_output(rel, names[f.name])
             outputs.append(helper.make_tensor_value_info(names[f.name], elem, []))

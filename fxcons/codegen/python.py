@@ -8,7 +8,9 @@ The generated module has
   coefficient replaced by its absolute value (linear laws: of ``|θ|``; matrix laws: entry
   (a, b) gets ``sqrt(D_a·D_b)`` with ``D`` the diagonal of that absolute-coefficient Gram);
 * ``drift(before, after) -> {family: Tensor}``: per family ``max |h(after) − h(before)| /
-  max(mass(before), 1e-30)``;
+  max(mass(before), mass(after), 1e-6 · mean mass(before))`` (:data:`DRIFT_FLOOR`: a law that
+  starts at zero, like the key bias of a zero-initialised attention, would otherwise divide
+  rounding noise by zero);
 * ``check_params(params)``: the one-line errors of :meth:`LawSet.check_params`, same wording;
 * a command line: ``python laws_x.py checkpoint.pt [--json]``.
 
@@ -114,12 +116,19 @@ _CHECK = '''def check_params(params: dict[str, Tensor]) -> dict[str, Tensor]:
     return out
 '''
 
-_DRIFT = '''def drift(before: dict[str, Tensor], after: dict[str, Tensor]) -> dict[str, Tensor]:
-    """Per family: max over its laws of |h(after) − h(before)| / mass(before) (0-d tensors)."""
-    h0, h1, m = laws(before), laws(after), masses(before)
-    out = {}
+#: relative drift is measured against max(mass before, mass after, DRIFT_FLOOR × the mean law mass)
+DRIFT_FLOOR = 1e-6
+
+_DRIFT = f'''def drift(before: dict[str, Tensor], after: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Per family: max over its laws of |h(after) − h(before)| / max(mass(before), mass(after),
+    {DRIFT_FLOOR:g} · mean mass(before)) (0-d tensors). The floor keeps a law that starts at zero
+    (a zero-initialised bias) from dividing rounding noise by zero."""
+    h0, h1, m0, m1 = laws(before), laws(after), masses(before), masses(after)
+    every = [m.reshape(-1) for m in m0.values() if m.numel()]
+    floor = ({DRIFT_FLOOR:g} * torch.cat(every).mean()).clamp_min(1e-30) if every else torch.tensor(1e-30)
+    out = {{}}
     for k in h0:
-        r = (h1[k] - h0[k]).abs() / m[k].clamp_min(1e-30)
+        r = (h1[k] - h0[k]).abs() / torch.maximum(torch.maximum(m0[k], m1[k]), floor)
         out[k] = r.max() if r.numel() else r.new_zeros(())
     return out
 '''
@@ -357,7 +366,7 @@ Imports only torch. Entry points:
 
     laws(params)          -> {{family: law values}}   (params: {{qualified name: tensor}})
     masses(params)        -> {{family: scale of every law}}
-    drift(before, after)  -> {{family: max |h(after) - h(before)| / mass(before)}}
+    drift(before, after)  -> {{family: max |h(after) - h(before)| / max(mass before, mass after, floor)}}
     python {module_name}.py checkpoint.pt [--json]
 
 {_plural(len(laws.families), "family", "families")}, {_plural(laws.total, "law", "laws")}:

@@ -4,7 +4,7 @@ Imports only torch. Entry points:
 
     laws(params)          -> {family: law values}   (params: {qualified name: tensor})
     masses(params)        -> {family: scale of every law}
-    drift(before, after)  -> {family: max |h(after) - h(before)| / mass(before)}
+    drift(before, after)  -> {family: max |h(after) - h(before)| / max(mass before, mass after, floor)}
     python laws_tiny_mlp.py checkpoint.pt [--json]
 
 1 family, 4 laws:
@@ -70,11 +70,15 @@ def masses(params: dict[str, Tensor]) -> dict[str, Tensor]:
 
 
 def drift(before: dict[str, Tensor], after: dict[str, Tensor]) -> dict[str, Tensor]:
-    """Per family: max over its laws of |h(after) − h(before)| / mass(before) (0-d tensors)."""
-    h0, h1, m = laws(before), laws(after), masses(before)
+    """Per family: max over its laws of |h(after) − h(before)| / max(mass(before), mass(after),
+    1e-06 · mean mass(before)) (0-d tensors). The floor keeps a law that starts at zero
+    (a zero-initialised bias) from dividing rounding noise by zero."""
+    h0, h1, m0, m1 = laws(before), laws(after), masses(before), masses(after)
+    every = [m.reshape(-1) for m in m0.values() if m.numel()]
+    floor = (1e-06 * torch.cat(every).mean()).clamp_min(1e-30) if every else torch.tensor(1e-30)
     out = {}
     for k in h0:
-        r = (h1[k] - h0[k]).abs() / m[k].clamp_min(1e-30)
+        r = (h1[k] - h0[k]).abs() / torch.maximum(torch.maximum(m0[k], m1[k]), floor)
         out[k] = r.max() if r.numel() else r.new_zeros(())
     return out
 
