@@ -5,6 +5,8 @@ parameters the emitted families touch), and that what remains passes the oracle,
 invariance check included. Where the op still carries a symmetry (``x.T``, ``h.mul_(s)``), the
 test asserts the law that survives.
 """
+import warnings
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -377,3 +379,117 @@ def test_export_of_a_forward_that_makes_cpu_tensors():
     ann = annotate(M(), torch.randn(6, 4), frontend="export")
     assert ann.frontend == "export"
     assert_sound(ann)
+
+
+# ----------------------------------------------------------------------------- round 2: unbatched ops, capture
+
+class PoolBetween(nn.Module):
+    """u(pool(v(x))) on a 2-d (B, r) tensor: a 1-d pool reads it as one unbatched (C=B, L=r)
+    sample and mixes the r features, so neither GL(r) nor per-unit rescaling survives."""
+
+    def __init__(self, pool, act=False):
+        super().__init__()
+        self.v, self.pool, self.u, self.act = nn.Linear(6, 4), pool, nn.Linear(4, 3), act
+
+    def forward(self, x):
+        h = self.v(x)
+        return self.u(self.pool(torch.relu(h) if self.act else h))
+
+
+@pytest.mark.parametrize("frontend", FRONTENDS)
+@pytest.mark.parametrize("pool,act", [(nn.AvgPool1d(3, 1, 1), False), (nn.MaxPool1d(3, 1, 1), True)])
+def test_1d_pool_on_a_2d_tensor_pools_the_features(pool, act, frontend):
+    ann = annotate(PoolBetween(pool, act), torch.randn(5, 6), frontend=frontend)
+    # only the common scale of all 4 units survives (one law), no GL(4) block
+    assert [(f.kind, f.count) for f in ann.families] == [("rescale", 1)]
+    assert_sound(ann)
+
+
+def test_unbatched_conv1d_reads_the_batch_rows_as_channels():
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.v, self.c = nn.Linear(6, 3), nn.Conv1d(3, 2, 1)
+
+        def forward(self, x):  # (3, 6) -> v -> (3, 3) -> Conv1d: channels = the 3 rows of x
+            return self.c(self.v(x))
+
+    ann = annotate(M(), torch.randn(3, 6), frontend="fx")
+    assert not [f for f in ann.families if f.kind == "gl"]
+    assert_sound(ann)
+
+
+def test_auto_exports_when_forward_makes_tensors_fx_cannot_run_on_meta():
+    class Alibi(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.q, self.k, self.v, self.o = nn.Linear(8, 4), nn.Linear(8, 4), nn.Linear(8, 4), nn.Linear(4, 8)
+            self.slope = nn.Parameter(torch.tensor(0.5))
+
+        def forward(self, x):
+            pos = torch.arange(x.shape[1])
+            rel = (pos[None] - pos[:, None]).to(x.dtype)
+            a = torch.softmax(self.q(x) @ self.k(x).transpose(-1, -2) + self.slope * rel, -1)
+            return self.o(a @ self.v(x))
+
+    with pytest.raises(fxcons.CaptureError, match="frontend='export'"):
+        fxcons.annotate(Alibi(), (torch.randn(2, 5, 8),), frontend="fx")
+    ann = annotate(Alibi(), torch.randn(2, 5, 8))
+    assert ann.frontend == "export" and ann.counts()["attention_vo"] > 0
+    assert_sound(ann)
+
+
+def test_shape_arithmetic_on_python_values_is_not_a_tensor_op():
+    """timm's drop path builds (x.shape[0],) + (1,) * (x.ndim - 1): a tuple 'mul' and 'add'."""
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.l1, self.l2 = nn.Linear(4, 5), nn.Linear(5, 3)
+
+        def forward(self, x):
+            h = torch.relu(self.l1(x))
+            shape = (h.shape[0],) + (1,) * (h.ndim - 1)
+            return self.l2(h * h.new_ones(shape))
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no rule may fail on it
+        ann = annotate(M(), torch.randn(6, 4), frontend="fx")
+    assert [(f.kind, f.count) for f in ann.families] == [("rescale", 5)]
+    assert_sound(ann)
+
+
+def test_a_rule_that_cannot_read_a_node_breaks_instead_of_crashing(monkeypatch):
+    """The engine's safety net: an exception inside a rule is a breaker (sound) and a warning."""
+    from fxcons.passes import SCALE_RULES
+
+    def broken_rule(A, node, v):
+        raise IndexError("synthetic")
+
+    monkeypatch.setitem(SCALE_RULES, "homog", broken_rule)
+    with pytest.warns(UserWarning, match="cannot read this node"):
+        ann = annotate(TwoLayer(nn.Identity()), torch.randn(6, 4), frontend="fx")
+    assert not touches(ann, "l1.weight")
+    assert any("synthetic" in b.why for b in ann.breakers)
+    assert_sound(ann)
+
+
+@pytest.mark.parametrize("layer", ["encoder", "decoder"])
+def test_transformer_layers_of_torch_nn_are_traced_through(layer):
+    """nn.TransformerEncoderLayer has no rule of its own: it was an opaque leaf (0 laws)."""
+    torch.manual_seed(0)
+    if layer == "encoder":
+        model = nn.TransformerEncoder(nn.TransformerEncoderLayer(8, 2, 16, batch_first=True), 2)
+        inputs = (torch.randn(2, 5, 8),)
+    else:
+        model, inputs = nn.TransformerDecoderLayer(8, 2, 16, batch_first=True), (torch.randn(2, 5, 8), torch.randn(2, 4, 8))
+    ann = annotate(model, *inputs)
+    assert ann.counts()["attention_qk"] > 0 and ann.counts()["rescale"] > 0
+    assert_sound(ann)
+
+
+def test_timm_spec_options_size_the_example_input():
+    pytest.importorskip("timm")
+    from fxcons.specs import load_spec
+
+    lm = load_spec("timm:vit_tiny_patch16_224?img_size=32&depth=1")
+    assert lm.example_inputs[0].shape == (2, 3, 32, 32)

@@ -27,6 +27,9 @@ def test_annotate_json_resnet18_verify():
     (["annotate", "tests/data/factories.py:needs_shape"], "--example-shape"),
     (["annotate", "tests/data/factories.py:frozen"], "no trainable parameters"),
     (["annotate", "torchvision:resnet18", "--example-shape", "a,b"], "comma-separated"),
+    (["annotate", "torchvision:resnet18", "--example-shape", "2,5,32,32"], "shape propagation failed at node"),
+    (["annotate", "hf:gpt2?n_layer=abc"], "expected int"),
+    (["annotate", "hf:gpt2?n_embd=15&n_head=4"], "divisible"),
 ])
 def test_bad_input_is_one_line_and_nonzero(args, needle):
     p = run(*args)
