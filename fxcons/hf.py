@@ -1,8 +1,9 @@
 """Hugging Face transformers models built from configs (random weights, no network).
 
 ``build_hf(name, opts)`` backs the ``hf:NAME[?key=val&...]`` model spec. Each name maps to a
-Config class constructed with the published defaults of one checkpoint (never downloaded) and a
-model class; options override config fields (``hf:gpt2?n_layer=2&n_embd=64``). Three options are
+Config class constructed with the published defaults of one checkpoint (gpt2, bert, vit, t5;
+never downloaded) or with tiny sizes of our own (llama, roberta, distilbert, qwen2, mistral,
+gemma, opt, gpt_neox, phi, bloom, falcon), and a model class; options override config fields (``hf:gpt2?n_layer=2&n_embd=64``). Three options are
 not config fields:
 
 * ``attn``: ``sdpa`` (default) or ``eager`` (explicit matmul-softmax-matmul attention);
@@ -31,6 +32,7 @@ class _Recipe:
     base: str  # bare backbone class
     inputs: str  # "tokens", "pixels" or "seq2seq"
     checkpoint: str  # what the defaults reproduce (documentation only)
+    attn: str = "sdpa"  # default attention implementation (Bloom has no sdpa path)
 
 
 RECIPES: dict[str, _Recipe] = {
@@ -46,6 +48,35 @@ RECIPES: dict[str, _Recipe] = {
                                "feed_forward_proj": "relu", "tie_word_embeddings": True},
                   "T5ForConditionalGeneration", "T5Model", "seq2seq", "t5-small"),
 }
+#: tiny decoder / encoder configs of other families (our own sizes; the architecture is what counts)
+_TINY = {"vocab_size": 128, "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+         "max_position_embeddings": 64}
+RECIPES.update({
+    "roberta": _Recipe("RobertaConfig", {**_TINY, "intermediate_size": 128, "max_position_embeddings": 72},
+                       "RobertaForMaskedLM", "RobertaModel", "tokens", "tiny RobertaConfig"),
+    "distilbert": _Recipe("DistilBertConfig", {"vocab_size": 128, "dim": 64, "n_layers": 2, "n_heads": 4,
+                                               "hidden_dim": 128, "max_position_embeddings": 64},
+                          "DistilBertForMaskedLM", "DistilBertModel", "tokens", "tiny DistilBertConfig"),
+    "qwen2": _Recipe("Qwen2Config", {**_TINY, "intermediate_size": 128, "num_key_value_heads": 2},
+                     "Qwen2ForCausalLM", "Qwen2Model", "tokens", "tiny Qwen2Config (q/k/v biases, GQA, RoPE)"),
+    "mistral": _Recipe("MistralConfig", {**_TINY, "intermediate_size": 128, "num_key_value_heads": 1,
+                                         "sliding_window": 4},
+                       "MistralForCausalLM", "MistralModel", "tokens", "tiny MistralConfig (MQA, sliding window)"),
+    "gemma": _Recipe("GemmaConfig", {**_TINY, "intermediate_size": 128, "num_key_value_heads": 1, "head_dim": 16},
+                     "GemmaForCausalLM", "GemmaModel", "tokens", "tiny GemmaConfig"),
+    "opt": _Recipe("OPTConfig", {**_TINY, "ffn_dim": 128, "word_embed_proj_dim": 64},
+                   "OPTForCausalLM", "OPTModel", "tokens", "tiny OPTConfig"),
+    "gpt_neox": _Recipe("GPTNeoXConfig", {**_TINY, "intermediate_size": 128, "rotary_pct": 0.5},
+                        "GPTNeoXForCausalLM", "GPTNeoXModel", "tokens", "tiny GPTNeoXConfig (partial rotary)"),
+    "phi": _Recipe("PhiConfig", {**_TINY, "intermediate_size": 128, "partial_rotary_factor": 0.5},
+                   "PhiForCausalLM", "PhiModel", "tokens", "tiny PhiConfig (parallel block)"),
+    "bloom": _Recipe("BloomConfig", {"vocab_size": 128, "hidden_size": 64, "n_layer": 2, "n_head": 4},
+                     "BloomForCausalLM", "BloomModel", "tokens", "tiny BloomConfig (ALiBi)", attn="eager"),
+    "falcon": _Recipe("FalconConfig", {"vocab_size": 128, "hidden_size": 64, "num_hidden_layers": 2,
+                                       "num_attention_heads": 4, "alibi": True, "multi_query": True,
+                                       "new_decoder_architecture": False, "bias": True},
+                      "FalconForCausalLM", "FalconModel", "tokens", "tiny FalconConfig (ALiBi, MQA)"),
+})
 ALIASES = {"bert-base-uncased": "bert", "google/vit-base-patch16-224": "vit", "t5-small": "t5",
            "openai-community/gpt2": "gpt2", "google-t5/t5-small": "t5"}
 _INPUT_OPTS = ("attn", "task", "batch", "seq")
@@ -62,7 +93,7 @@ def build_hf(name: str, opts: dict[str, Any] | None = None) -> LoadedModel:
         raise SpecError(f"hf:{name} is not available offline; choose one of {', '.join(sorted(RECIPES))}")
     recipe = RECIPES[key]
     opts = dict(opts or {})
-    attn = opts.pop("attn", "sdpa")
+    attn = opts.pop("attn", recipe.attn)
     if attn not in ("sdpa", "eager"):
         raise SpecError(f"hf option attn must be 'sdpa' or 'eager', got {attn!r}")
     task = opts.pop("task", "head")

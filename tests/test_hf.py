@@ -98,3 +98,30 @@ def test_options_and_errors():
         build_hf("gpt2", {"n_layers": 2})
     with pytest.raises(SpecError, match="attn"):
         build_hf("gpt2", {"attn": "flash"})
+
+
+#: the other families the hf: spec builds (tiny configs): what each must show
+MORE = {
+    "roberta": {"attention_qk", "attention_vo", "scale", "translation"},   # post-LN BERT-like
+    "distilbert": {"attention_qk", "attention_vo", "translation"},
+    "qwen2": {"attention_vo", "rescale"},          # q/k/v biases + RoPE: no query/key law
+    "mistral": {"rescale"},
+    "gemma": {"rescale"},
+    "opt": {"attention_qk", "attention_vo", "rescale", "translation"},
+    "gpt_neox": {"attention_vo", "translation"},  # partial rotary
+    "phi": {"attention_vo", "translation"},
+    "bloom": {"rescale", "translation"},          # eager attention (Bloom has no sdpa path)
+    "falcon": {"rescale"},
+}
+
+
+@pytest.mark.parametrize("name", sorted(MORE))
+def test_more_families_build_and_pass_the_oracle(name):
+    lm = load_spec(f"hf:{name}")
+    assert lm.model.training and lm.frontend == "export" and lm.head == "classification"
+    ann = fxcons.annotate(lm.model, lm.example_inputs, head=lm.head, example_kwargs=lm.example_kwargs or None,
+                          frontend=lm.frontend)
+    assert {k for k, v in ann.counts().items() if v} >= MORE[name]
+    rep = ann.verify(probes=1)
+    assert rep.ok, [(f.name, f.max_ratio) for f in rep.families if not f.passed]
+    assert rep.max_ratio_exact < 1e-9

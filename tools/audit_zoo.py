@@ -62,6 +62,8 @@ HF_MODELS = [
     "hf:llama",
     "hf:llama?task=base",
     "hf:t5?num_layers=2&num_decoder_layers=2&d_model=64&d_ff=128&num_heads=4&d_kv=16",
+    "hf:roberta", "hf:distilbert", "hf:qwen2", "hf:mistral", "hf:gemma", "hf:opt", "hf:gpt_neox", "hf:phi",
+    "hf:bloom", "hf:falcon",
 ]
 
 
