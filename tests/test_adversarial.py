@@ -7,6 +7,8 @@ test asserts the law that survives.
 """
 import warnings
 
+import numpy as np
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -493,3 +495,54 @@ def test_timm_spec_options_size_the_example_input():
 
     lm = load_spec("timm:vit_tiny_patch16_224?img_size=32&depth=1")
     assert lm.example_inputs[0].shape == (2, 3, 32, 32)
+
+
+# ----------------------------------------------------------------------------- the oracle's own limits
+
+class QuietChannel(nn.Module):
+    """A depthwise 1x1 conv (one scalar per channel) and a BatchNorm, where channel 1's input is
+    scaled by 1e-7 (variance ~1e-14, below the probe's eps = 1e-12): the eps term is then the
+    whole gradient of w_1, and the scale law w_1² reads as r ≈ 1 until eps → 0."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("quiet", torch.tensor([1.0, 1e-7]).reshape(1, 2, 1, 1))
+        self.dw, self.bn, self.head = nn.Conv2d(2, 2, 1, groups=2, bias=False), nn.BatchNorm2d(2), nn.Conv2d(2, 3, 1)
+
+    def forward(self, x):
+        return self.head(self.bn(self.dw(x * self.quiet)))
+
+
+def test_eps_laws_are_checked_in_the_eps_to_zero_limit():
+    from fxcons.lawset import LawFamily, LawSet, Term
+
+    ann = annotate(QuietChannel(), torch.randn(4, 2, 5, 5))
+    scale = [f for f in ann.families if f.params == ["dw.weight"]]
+    assert len(scale) == 1 and scale[0].exactness == "eps" and scale[0].count == 2
+    rep = ann.verify(probes=2, invariance=False)
+    check = next(c for c in rep.families if c.name == scale[0].name)
+    assert check.passed and check.eps == 1e-20 and check.max_ratio <= 1e-4
+    # a non-law labelled eps is not rescued by the smaller eps: w_c² − γ_c²
+    idx = np.arange(2)[:, None]
+    ann.laws = LawSet([LawFamily("bad", "scale", "eps", "diag", [Term("dw.weight", "sq0", 1.0, idx),
+                                                                  Term("bn.weight", "sq", -1.0, idx)])],
+                      ann.laws.param_shapes)
+    bad = ann.verify(probes=1, invariance=False)
+    assert not bad.ok and bad.families[0].eps == 1e-20 and bad.max_ratio > 1e-2
+
+
+def test_a_model_that_computes_in_float32_is_checked_to_float32_precision():
+    class Upcast(nn.Module):  # timm's EfficientViT: q.float() "upcasts" -- in a float64 probe it rounds
+        def __init__(self):
+            super().__init__()
+            self.l1, self.l2 = nn.Linear(4, 5), nn.Linear(5, 3)
+
+        def forward(self, x):  # the activation is rounded to float32 (x 1.7 is not exact there)
+            return self.l2(torch.relu(self.l1(x).float() * 1.7).to(x.dtype))
+
+    ann = annotate(Upcast(), torch.randn(6, 4))
+    rep = ann.verify(probes=2)
+    assert rep.precision == torch.float32 and rep.ok
+    assert rep.to_dict()["precision"] == "float32"
+    plain = annotate(TwoLayer(nn.Identity()), torch.randn(6, 4)).verify(probes=1)
+    assert plain.precision == torch.float64
