@@ -447,19 +447,40 @@ def _matmul(A: ScaleAnalysis, node, v):
         a = a[None]
     if len(sb) == 1:
         b = b[:, None]
-    # a: (..., m, k)  b: (..., k, n)   out = a_mk + b_kn for every k
-    A_ = a[..., :, :, None]
-    B_ = b[..., None, :, :]
-    full = np.broadcast_shapes(A_.shape, B_.shape)
-    oshape = full[:-2] + (full[-1],)
-    oshape = full[:-3] + (full[-3], full[-1])
-    out = A.sys.new(oshape)
-    A.sys.lin([(1, out[..., :, None, :]), (-1, A_), (-1, B_)])
+    out = bilinear_scales(A, a, b)
     if len(sa) == 1:
         out = out[..., 0, :]
     if len(sb) == 1:
         out = out[..., 0]
     return _fit(out, A.out_shape(node))
+
+
+#: above this many (m, k, n) triples a product's equations are written in factored form
+FACTOR_ABOVE = 1 << 16
+
+
+def bilinear_scales(A: ScaleAnalysis, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Output ids of a (..., m, k) @ (..., k, n) product.
+
+    Every term a[m, k]·b[k, n] of out[m, n] must scale alike: out[m, n] = a[m, k] + b[k, n] for
+    every k (m·k·n equations). That holds exactly when a = α[m] + γ[k], b = β[n] − γ[k] and
+    out = α[m] + β[n] (fix k = 0 to build α, β, γ): m·k + k·n + m·n equations, the form used
+    above :data:`FACTOR_ABOVE` triples (attention logits q·kᵀ whose positions carry their own
+    scales, RoPE at 257 tokens: T²·d rows would not fit in memory). Both forms have the same
+    solutions; the direct one is kept for small products because the kernel basis it leads to
+    is the one the GL and attention passes recognise as subsumed."""
+    batch = np.broadcast_shapes(a.shape[:-2], b.shape[:-2])
+    m, k, n = a.shape[-2], max(a.shape[-1], b.shape[-2]), b.shape[-1]
+    if int(np.prod(batch, dtype=np.int64)) * m * k * n <= FACTOR_ABOVE:
+        out = A.sys.new(batch + (m, n))
+        A.sys.lin([(1, out[..., :, None, :]), (-1, a[..., :, :, None]), (-1, b[..., None, :, :])])
+        return out
+    alpha, gamma, beta = A.sys.new(batch + (m,)), A.sys.new(batch + (k,)), A.sys.new(batch + (n,))
+    A.sys.lin([(1, a), (-1, alpha[..., :, None]), (-1, gamma[..., None, :])])
+    A.sys.lin([(1, b), (-1, beta[..., None, :]), (1, gamma[..., :, None])])
+    out = A.sys.new(batch + (m, n))
+    A.sys.lin([(1, out), (-1, alpha[..., :, None]), (-1, beta[..., None, :])])
+    return out
 
 
 def _output(A: ScaleAnalysis, node, v):
@@ -497,7 +518,10 @@ def _sdpa(A: ScaleAnalysis, node, v):
         rep = sq[-3] // sk[-3]
         ik = np.repeat(ik, rep, axis=-3) if ik.shape[-3] > 1 else ik
         iv = np.repeat(iv, rep, axis=-3) if iv.shape[-3] > 1 else iv
-    A.sys.lin([(1, iq[..., :, None, :]), (1, ik[..., None, :, :])])
+    # q[l, c] + k[t, c] = 0 for every query l and key t: both constant along their positions
+    iq = A.collapse(iq, [iq.ndim - 2])
+    ik = A.collapse(ik, [ik.ndim - 2])
+    A.sys.lin([(1, iq), (1, ik)])
     out = A.collapse(iv, [iv.ndim - 2])
     return _fit(None if not out.any() else out, A.out_shape(node))
 

@@ -546,3 +546,51 @@ def test_a_model_that_computes_in_float32_is_checked_to_float32_precision():
     assert rep.to_dict()["precision"] == "float32"
     plain = annotate(TwoLayer(nn.Identity()), torch.randn(6, 4)).verify(probes=1)
     assert plain.precision == torch.float64
+
+
+class RotaryLogits(nn.Module):
+    """EVA-02-style attention: a rotary-like per-position factor on every token but the class
+    token, concatenated back along the positions (so q's and k's ids vary along them), explicit
+    matmul core."""
+
+    def __init__(self, T=64, E=16, H=2):
+        super().__init__()
+        self.H, self.d = H, E // H
+        self.q, self.k, self.v, self.o = (nn.Linear(E, E) for _ in range(4))
+        self.register_buffer("rot", torch.randn(T, E // H))
+
+    def forward(self, x):
+        B, T, E = x.shape
+
+        def heads(t):
+            return t.view(B, T, self.H, self.d).transpose(1, 2)
+
+        def rope(t):
+            return torch.cat([t[:, :, :1], t[:, :, 1:] * self.rot[1:]], dim=2)
+
+        q, k, v = rope(heads(self.q(x))), rope(heads(self.k(x))), heads(self.v(x))
+        p = torch.softmax(q @ k.transpose(-1, -2), -1)
+        return self.o((p @ v).transpose(1, 2).reshape(B, T, E))
+
+
+def test_attention_logits_with_per_position_scales_stay_linear_in_size():
+    """q·kᵀ with per-position ids took T²·d·H general equations (timm EVA-02 at 224 px ran out of
+    24 GB); the factored form takes O(T·d + T²) per head, and finds the same laws."""
+    from fxcons.capture import capture
+    from fxcons.ops import canonicalize
+    from fxcons.passes import SCALE_RULES
+    from fxcons.scale import ScaleAnalysis
+
+    T, E, H = 96, 16, 2  # 147k (m, k, n) triples: above FACTOR_ABOVE
+    torch.manual_seed(0)
+    model, x = RotaryLogits(T, E, H), torch.randn(2, T, E)
+    cap = capture(model, (x,))
+    canonicalize(cap)
+    A = ScaleAnalysis(cap)
+    A.run(SCALE_RULES)
+    d = E // H
+    assert len(A.sys._rows) <= 3 * H * (T * d + d * T + T * T)  # not T·T·d·H
+    ann = annotate(model, x)
+    # value/output: d(d+1)/2 per head; query/key: the per-position factors leave no GL law
+    assert ann.counts()["attention_vo"] == H * d * (d + 1) // 2 and ann.counts()["attention_qk"] == 0
+    assert_sound(ann)

@@ -307,7 +307,7 @@ def test_small_vision_transformers_pass_the_oracle(name):
 
 
 @pytest.mark.parametrize("spec", ["torchvision:vit_b_16", "torchvision:swin_t", "timm:vit_tiny_patch16_224",
-                                  "timm:deit_tiny_patch16_224", "timm:convnext_tiny", "hf:gpt2?n_layer=2",
+                                  "timm:deit_tiny_patch16_224", "timm:convnext_tiny", "timm:eva02_tiny_patch14_224", "hf:gpt2?n_layer=2",
                                   "hf:bert?num_hidden_layers=2", "hf:vit?num_hidden_layers=2", "hf:llama",
                                   "hf:t5?num_layers=2"])
 def test_full_size_models(spec):
