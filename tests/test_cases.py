@@ -1,4 +1,4 @@
-"""The worked cases of shared/cases/README.md (A-D), each derived by hand from LAWS.md and
+"""The worked cases of shared/cases/README.md (A-E), each derived by hand from LAWS.md and
 checked with the oracle. Laws are compared as exact sets: (kind, exactness, terms with their
 parameters, reductions, signs and unit indices)."""
 import torch
@@ -175,3 +175,54 @@ def test_case_d_depthwise_and_grouped():
     for e in range(6):
         g = e // 3
         assert torch.allclose(red[e], W[2 * g:2 * g + 2, e - 3 * g].square().sum())
+
+
+# ----------------------------------------------------------------------------- E
+class CaseE(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.mha = nn.MultiheadAttention(4, 2, batch_first=True)
+
+    def forward(self, x):
+        return self.mha(x, x, x)[0]
+
+
+def test_case_e_multihead_attention():
+    """16 laws: per head h (rows 2h:2h+2 of the q, k, v blocks of in_proj, columns 2h:2h+2 of
+    out_proj) the 3 upper-triangular entries of [Q_h bq_h][Q_h bq_h]ᵀ − [K_h bk_h][K_h bk_h]ᵀ and
+    of [V_h bv_h][V_h bv_h]ᵀ − O_hᵀO_h, plus the 4 key-bias entries."""
+    import numpy as np
+    from fxcons.lawset import LawFamily, LawSet, Term
+
+    torch.manual_seed(0)
+    model = CaseE()
+    ann = fxcons.annotate(model, (torch.randn(2, 4, 4),))
+    assert {k: v for k, v in ann.counts().items() if v} == {"attention_qk": 6, "attention_vo": 6, "translation": 4}
+    rows = {}
+    for f in ann.families:
+        if f.form == "gram":
+            for t in f.terms:
+                rows.setdefault((f.kind, t.param, t.axis, t.coef > 0), []).append(t.index.tolist())
+    q, k, v = [[[0, 1], [2, 3]]], [[[4, 5], [6, 7]]], [[[8, 9], [10, 11]]]
+    assert rows[("attention_qk", "mha.in_proj_weight", 0, True)] == q
+    assert rows[("attention_qk", "mha.in_proj_weight", 0, False)] == k
+    assert rows[("attention_vo", "mha.in_proj_weight", 0, True)] == v
+    assert rows[("attention_vo", "mha.out_proj.weight", 1, False)] == [[[0, 1], [2, 3]]]
+    (kb,) = [f for f in ann.families if f.kind == "translation"]
+    assert kb.params == ["mha.in_proj_bias"] and kb.terms[0].index.ravel().tolist() == [4, 5, 6, 7]
+    assert_oracle(ann)
+
+    # not laws: a block mixing the two heads, V/O without the value bias, a head's query norm alone
+    def fails(terms, form="gram"):
+        ann.laws = LawSet([LawFamily("bad", "attention_vo", "exact", form, terms)], ann.laws.param_shapes)
+        return not ann.verify(probes=1, invariance=False).ok
+
+    mixed = np.array([[1, 2]])
+    assert fails([Term("mha.in_proj_weight", "gram", 1.0, mixed, axis=0),
+                  Term("mha.in_proj_bias", "gram", 1.0, mixed, axis=0),
+                  Term("mha.in_proj_weight", "gram", -1.0, mixed + 4, axis=0),
+                  Term("mha.in_proj_bias", "gram", -1.0, mixed + 4, axis=0)])
+    head0 = np.array([[0, 1]])
+    assert fails([Term("mha.in_proj_weight", "gram", 1.0, head0 + 8, axis=0),
+                  Term("mha.out_proj.weight", "gram", -1.0, head0, axis=1)])
+    assert fails([Term("mha.in_proj_weight", "sq0", 1.0, np.array([[0], [1]]))], form="diag")
