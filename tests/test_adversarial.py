@@ -272,20 +272,15 @@ def test_inplace_add_is_followed():
     assert_sound(ann)
 
 
+def _write_through_a_view(h):
+    h[:, :2].mul_(2.0)
+    return h
+
+
 def test_inplace_write_through_a_view_is_refused_by_fx_and_exported():
-    class M(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.l1, self.l2 = nn.Linear(4, 4), nn.Linear(4, 3)
-
-        def forward(self, x):
-            h = self.l1(x)
-            h[:, :2].mul_(2.0)
-            return self.l2(torch.relu(h))
-
     with pytest.raises(fxcons.CaptureError, match="shares memory"):
-        fxcons.annotate(M(), (torch.randn(6, 4),), frontend="fx")
-    ann = annotate(M(), torch.randn(6, 4))  # auto: torch.export functionalizes the write
+        fxcons.annotate(TwoLayer(_write_through_a_view), (torch.randn(6, 4),), frontend="fx")
+    ann = annotate(TwoLayer(_write_through_a_view), torch.randn(6, 4))  # auto: export functionalizes it
     assert ann.frontend == "export"
     assert_sound(ann)
 
@@ -293,29 +288,13 @@ def test_inplace_write_through_a_view_is_refused_by_fx_and_exported():
 # ----------------------------------------------------------------------------- eps constants
 
 def test_small_constant_added_to_a_unit_is_not_an_eps():
-    """relu(h) + 1e-3 feeding a Linear was read as a normalization's eps (a 'scale' law, r = 0.5)."""
-    class M(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.l1, self.l2 = nn.Linear(4, 5), nn.Linear(5, 3)
-
-        def forward(self, x):
-            return self.l2(torch.relu(self.l1(x)) + 1e-3)
-
-    assert annotate(M(), torch.randn(6, 4)).total_laws == 0
+    """h + 1e-3 feeding the next layer was read as a normalization's eps (a 'scale' law, r = 0.5)."""
+    assert annotate(TwoLayer(lambda h: h + 1e-3), torch.randn(6, 4)).total_laws == 0
 
 
 def test_eps_under_an_rsqrt_is_still_a_normalization():
-    class M(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.l1, self.l2 = nn.Linear(4, 5), nn.Linear(5, 3)
-
-        def forward(self, x):
-            h = self.l1(x)
-            return self.l2(h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + 1e-6))
-
-    ann = annotate(M(), torch.randn(6, 4))
+    rms = TwoLayer(lambda h: h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + 1e-6))
+    ann = annotate(rms, torch.randn(6, 4))
     scale = [f for f in ann.families if f.kind == "scale"]
     assert len(scale) == 1 and scale[0].exactness == "eps" and sorted(scale[0].params) == ["l1.bias", "l1.weight"]
     assert_sound(ann)

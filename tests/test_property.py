@@ -536,14 +536,18 @@ def annotate_program(prog):
 
 # ============================================================================= properties
 
-@settings(max_examples=int(os.environ.get("FXCONS_EXAMPLES", "500")), **SETTINGS)
-@given(programs())
-def test_random_program_laws_pass_the_oracle(prog):
+def assert_sound_program(prog) -> None:
     model, x, head = annotate_program(prog)
     if not any(p.requires_grad for p in model.parameters()):
         return
     bad = problems(model, x, head)
     assert not bad, (prog, bad)
+
+
+@settings(max_examples=int(os.environ.get("FXCONS_EXAMPLES", "500")), **SETTINGS)
+@given(programs())
+def test_random_program_laws_pass_the_oracle(prog):
+    assert_sound_program(prog)
 
 
 #: the ops that carry, absorb or break translation tangents (LAWS.md §3.5), where the two false
@@ -555,8 +559,4 @@ TRANSLATION_OPS = frozenset({"lin", "tied", "ln", "bn", "gn", "pool", "actpool",
 @settings(max_examples=int(os.environ.get("FXCONS_EXAMPLES", "500")) // 2, **SETTINGS)
 @given(programs(max_steps=6, head_choices=("classification", None), only=TRANSLATION_OPS))
 def test_random_translation_programs_pass_the_oracle(prog):
-    model, x, head = annotate_program(prog)
-    if not any(p.requires_grad for p in model.parameters()):
-        return
-    bad = problems(model, x, head)
-    assert not bad, (prog, bad)
+    assert_sound_program(prog)
