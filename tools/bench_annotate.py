@@ -13,8 +13,10 @@ For every model (a ``fxcons.specs`` spec) this times, in the same process and wi
   ``torch.fx.symbolic_trace(model)`` for fx-captured models, ``torch.export.export(model, args,
   strict=False)`` for export-captured ones;
 
-and prints the medians of ``--repeats`` runs and the ratio annotate / baseline. A model that
-cannot be built or annotated is a row with its reason, never a crash.
+and prints the medians of ``--repeats`` runs and the ratio annotate / baseline, plus, for every
+model, the ratio against a plain ``torch.export`` (the capture users of torch.compile and
+torch.export already pay). A model that cannot be built or annotated is a row with its reason,
+never a crash.
 """
 from __future__ import annotations
 
@@ -93,12 +95,22 @@ def bench_one(spec: str, repeats: int) -> dict:
         baseline_all_s=[round(t, 4) for t in base_t],
     )
     row["ratio"] = row["annotate_s"] / row["baseline_s"]
+    if ann.frontend == "export":
+        row["export_s"] = row["baseline_s"]
+    else:  # the other yardstick: a plain torch.export of the same model
+        try:
+            baseline_capture("export", model, args, kwargs)  # warm-up
+            row["export_s"] = statistics.median(_time(lambda: baseline_capture("export", model, args, kwargs), repeats))
+        except Exception as e:
+            row["export_error"] = _first_line(e)
+    if "export_s" in row:
+        row["ratio_export"] = row["annotate_s"] / row["export_s"]
     return row
 
 
 def render(rows: list[dict]) -> str:
     head = (f"{'model':34} {'frontend':8} {'laws':>7} {'baseline':>24} {'base s':>8} {'annotate s':>10} "
-            f"{'(capture':>9} {'analysis)':>9} {'ratio':>7}")
+            f"{'(capture':>9} {'analysis)':>9} {'ratio':>7} {'export s':>9} {'vs export':>9}")
     lines = [head, "-" * len(head)]
     for r in rows:
         if "ratio" not in r:
@@ -106,7 +118,8 @@ def render(rows: list[dict]) -> str:
             continue
         lines.append(f"{r['spec'][:34]:34} {r['frontend']:8} {r['laws']:>7} {r['baseline']:>24} "
                      f"{r['baseline_s']:8.3f} {r['annotate_s']:10.3f} {r['capture_s']:9.3f} "
-                     f"{r['analysis_s']:9.3f} {r['ratio']:7.1f}x")
+                     f"{r['analysis_s']:9.3f} {r['ratio']:7.1f}x "
+                     + (f"{r['export_s']:9.3f} {r['ratio_export']:8.2f}x" if "ratio_export" in r else f"{'-':>9} {'-':>9}"))
     return "\n".join(lines)
 
 
