@@ -422,10 +422,11 @@ class HeadAnalysis:
             if not param_ok(p.weight) or (p.bias is not None and not param_ok(p.bias)):
                 bad[i] = True
             member_prod.append(p)
-        # readers, per unit
+        # readers, per unit of a member (most reads are of units no head owns: skip them)
         reads_of: dict[int, list[tuple[int, int]]] = {}
         for k, rd in enumerate(self.reads):
-            for uid, col in zip(rd.units.tolist(), rd.cols.tolist()):
+            mine = owner[rd.units] >= 0
+            for uid, col in zip(rd.units[mine].tolist(), rd.cols[mine].tolist()):
                 reads_of.setdefault(uid, []).append((k, col))
         # groups: union-find with parity
         parent = list(range(len(self.members)))
