@@ -14,6 +14,7 @@ one meta-tensor run. Tied parameters keep one canonical name (``named_parameters
 from __future__ import annotations
 
 import copy
+import warnings
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
@@ -95,7 +96,55 @@ def meta_copy(model: nn.Module) -> nn.Module:
         memo[id(p)] = nn.Parameter(torch.empty_like(p, device="meta"), requires_grad=p.requires_grad)
     for b in model.buffers(recurse=True):
         memo[id(b)] = torch.empty_like(b, device="meta")
+    _memo_computed_tensors(model, memo, lambda t: torch.empty_like(t, device="meta"))
     return copy.deepcopy(model, memo)
+
+
+def real_copy(model: nn.Module) -> nn.Module:
+    """Deep copy of ``model`` (tensors a hook computed, like pruning's ``weight``, detached)."""
+    memo: dict[int, Any] = {}
+    _memo_computed_tensors(model, memo, lambda t: t.detach().clone())
+    return copy.deepcopy(model, memo)
+
+
+def _memo_computed_tensors(model: nn.Module, memo: dict, make) -> None:
+    """Tensors stored as plain module attributes by a hook (``torch.nn.utils.prune``, the legacy
+    ``weight_norm``) are non-leaf results of autograd, which ``deepcopy`` refuses: copy them by
+    hand (the hook recomputes them in every forward anyway)."""
+    for mod in model.modules():
+        for v in vars(mod).values():
+            if isinstance(v, torch.Tensor) and not isinstance(v, nn.Parameter) and id(v) not in memo \
+                    and v.grad_fn is not None:
+                memo[id(v)] = make(v)
+
+
+def forward_hooks(model: nn.Module) -> list[str]:
+    """Modules whose forward fx would not see as written: forward (pre-)hooks, global module
+    hooks, and ``forward`` replaced on the instance. torch.export runs them; fx does not."""
+    from torch.nn.modules import module as M
+
+    out = []
+    if M._global_forward_hooks or M._global_forward_pre_hooks:
+        out.append("(global module hooks)")
+    for name, mod in model.named_modules():
+        if mod._forward_hooks or mod._forward_pre_hooks or "forward" in vars(mod):
+            out.append(name or "(the model)")
+    return out
+
+
+def gradient_hooks(model: nn.Module) -> list[str]:
+    """Modules and parameters with backward hooks: they may change the gradient that training
+    uses, which no capture shows."""
+    from torch.nn.modules import module as M
+
+    out = ["(global backward hooks)"] if (M._global_backward_hooks or M._global_backward_pre_hooks) else []
+    for name, mod in model.named_modules():
+        if mod._backward_hooks or mod._backward_pre_hooks:
+            out.append(name or "(the model)")
+    for name, p in model.named_parameters():
+        if getattr(p, "_backward_hooks", None):
+            out.append(name)
+    return out
 
 
 def _to_meta(x: Any) -> Any:
@@ -311,6 +360,17 @@ def capture(
         )
     example_inputs = tuple(example_inputs)
     kwargs = dict(example_kwargs or {})
+    hooked = forward_hooks(model)
+    if hooked and frontend == "fx":
+        raise CaptureError(f"symbolic_trace does not see forward hooks or replaced forward methods "
+                           f"(on {', '.join(hooked[:3])}): use frontend='export' (--frontend export)")
+    if hooked:
+        frontend = "export"  # auto: only torch.export runs the hooks
+    grad_hooks = gradient_hooks(model)
+    if grad_hooks:
+        warnings.warn(f"fxcons: backward hooks on {', '.join(grad_hooks[:3])} may change the gradients "
+                      "training uses; the laws hold for the gradient of the loss, which the hooks may alter",
+                      stacklevel=3)
     mm = meta_copy(model)
     mm.train(training)
     meta_args = _to_meta(example_inputs)
@@ -362,7 +422,7 @@ def capture(
                 raise
             # forward makes tensors on a fixed device (torch.tensor([...])), which the meta copy
             # cannot mix with: export a real copy instead (values are still never read)
-            mm = copy.deepcopy(model)
+            mm = real_copy(model)
             mm.train(training)
             gm, in2p, _ = _capture_export(mm, example_inputs, kwargs, training)
     except Exception as e:

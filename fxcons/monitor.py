@@ -388,10 +388,12 @@ def _reduce_many(x: torch.Tensor, reds: list[tuple[str, int]], acc: torch.dtype)
 
 # ----------------------------------------------------------------------------- optimizer
 
-def _sgd_row(group: dict, state: dict, p: torch.Tensor) -> tuple[float, float, float, bool]:
-    """(D, G, B, has_buffer) of torch.optim.SGD's update θ⁺ = Dθ − G·grad − B·buffer."""
-    lr = _num(group["lr"])
-    wd = _num(group.get("weight_decay", 0.0))
+def _sgd_row(group: dict, state: dict, p: torch.Tensor) -> tuple[Any, Any, Any, bool]:
+    """(D, G, B, has_buffer) of torch.optim.SGD's update θ⁺ = Dθ − G·grad − B·buffer. A tensor
+    learning rate or weight decay (``lr=torch.tensor(...)``, the capturable pattern) stays a
+    tensor: reading it back would synchronise with the device at every step."""
+    lr = group["lr"]
+    wd = group.get("weight_decay", 0.0)
     mom = float(group.get("momentum", 0.0))
     damp = float(group.get("dampening", 0.0))
     sign = -1.0 if group.get("maximize", False) else 1.0
@@ -506,6 +508,9 @@ class Monitor:
         self._h0 = self._m0 = self._cum = self._ever = None
         self._pending: tuple | None = None
         self._warned_closure = False
+        self._closure_seen = False
+        self.unchecked: set[int] = set()  # families with a parameter frozen after attach
+        self._frozen_seen: set[int] = set()
         self.compile_error: str | None = None
         self.hook_seconds = 0.0  # host time spent in the hooks (on CUDA the kernels run asynchronously)
         self._handles: list = []
@@ -545,15 +550,23 @@ class Monitor:
             D, G, B, hb = _sgd_row(self.optimizer.param_groups[gi], self.optimizer.state.get(p, {}), p)
             has_buf |= hb
             rows.append((D, G, B))
-        key = tuple(rows)
+        key = tuple(tuple((id(v), v._version) if isinstance(v, torch.Tensor) else v for v in r) for r in rows)
         if key != self._opt_key:
-            t = torch.tensor(rows, dtype=self.dtype)
-            if self.device.type == "cuda":
-                t = t.pin_memory().to(self.device, non_blocking=True)
+            if any(isinstance(v, torch.Tensor) for r in rows for v in r):
+                t = torch.stack([torch.stack([self._on_device(v) for v in r]) for r in rows])
             else:
-                t = t.to(self.device)
+                t = torch.tensor(rows, dtype=self.dtype)
+                if self.device.type == "cuda":
+                    t = t.pin_memory().to(self.device, non_blocking=True)
+                else:
+                    t = t.to(self.device)
             self._opt_key, self._opt_tensor = key, t
         return self._opt_tensor, has_buf
+
+    def _on_device(self, v: Any) -> torch.Tensor:
+        if isinstance(v, torch.Tensor):
+            return v.detach().to(self.device, self.dtype).reshape(())
+        return torch.full((), float(v), dtype=self.dtype, device=self.device)
 
     def _buffers(self) -> list[torch.Tensor]:
         out = []
@@ -578,6 +591,7 @@ class Monitor:
     def _pre(self, args, kwargs) -> None:
         closure = (args[1] if len(args) > 1 else None) or kwargs.get("closure")
         if closure is not None:  # the gradient is computed inside step(): nothing to check here
+            self._closure_seen = True
             if not self._warned_closure:
                 warnings.warn("fxcons.monitor: optimizer.step(closure) computes the gradient inside the "
                               "step; orthogonality and prediction are skipped, drift is recorded",
@@ -588,6 +602,7 @@ class Monitor:
             nan = torch.full((self.plan.n_fam, 2), float("nan"), dtype=self.dtype, device=self.device)
             self._pending = (nan, None, None, torch.ones_like(self._ever))  # liveness unknown: count all
             return
+        self._note_frozen()
         grads = [self._grad(i) for i in range(len(self.tensors))]
         if self.predicts:
             opt, has_buf = self._opt_rows()
@@ -600,6 +615,22 @@ class Monitor:
         if self._h0 is None:
             self._start(V, M)
         self._pending = (orth, V, pred, live)
+
+    def _note_frozen(self) -> None:
+        """A parameter frozen after attach (``requires_grad_(False)``) gets no gradient, although
+        the loss depends on it: the laws through it are laws of the model, but not of this run,
+        and their orthogonality cannot be read from the zero gradient (like an lr = 0 group)."""
+        frozen = {pid for pid, p in enumerate(self.tensors) if not p.requires_grad}
+        if frozen <= self._frozen_seen:
+            return
+        self._frozen_seen |= frozen
+        hit = {fi for fi, f in enumerate(self.families) if any(self.pid_of[t.param] in frozen for t in f.terms)}
+        self.unchecked |= hit
+        self.unpredictable |= hit
+        names = sorted(n for n, pid in self.pid_of.items() if pid in frozen)
+        warnings.warn(f"fxcons.monitor: {', '.join(names[:3])} stopped requiring gradients: the "
+                      f"{len(hit)} law families through it are not checked or predicted from now on",
+                      stacklevel=4)
 
     def _start(self, V: torch.Tensor, M: torch.Tensor) -> None:
         self._h0, self._m0 = V.clone(), M.clone()
@@ -669,11 +700,14 @@ class Monitor:
         ``.table`` is a rich Table of the worst values per family."""
         rows = self._table()
         S = rows.shape[0]
+        predicts = self.predicts and not self._closure_seen
         fams = []
         for fi, f in enumerate(self.families):
             col = rows[:, fi, :] if S else np.full((1, len(STATS)), np.nan)
             mx = [_nanmax(col[:, k]) for k in range(len(STATS))]
-            predicted = self.predicts and fi not in self.unpredictable
+            if fi in self.unchecked:
+                mx[0] = None
+            predicted = predicts and fi not in self.unpredictable
             fams.append({
                 "name": f.name, "kind": f.kind, "exactness": f.exactness, "laws": f.count,
                 "orthogonality_max": mx[0], "drift_max": mx[1], "drift_final": _last(col[:, 1]),
@@ -694,15 +728,16 @@ class Monitor:
             optimizer=self.kind,
             prediction=("exact one-step identity (LAWS.md §4" + (", momentum cross term measured)"
                                                                  if self.kind == "sgd-momentum" else ")"))
-            if self.predicts else f"not predicted ({self.kind}: drift only)",
+            if predicts else ("not predicted (step(closure): the gradient is computed inside the step)"
+                              if self._closure_seen else f"not predicted ({self.kind}: drift only)"),
             steps=S, every=self.every, families_count=len(fams), laws=self.laws.total,
             tolerance=self.tolerance, compiled=self.compile and bool(self._compiled),
             orthogonality_max=worst("orthogonality_max", "exact"),
             orthogonality_max_eps=worst("orthogonality_max", "eps"),
-            prediction_rel_error_max=worst("prediction_rel_error_max", "exact", True) if self.predicts else None,
-            prediction_rel_error_max_eps=worst("prediction_rel_error_max", "eps", True) if self.predicts else None,
-            cumulative_error_max=worst("cumulative_error_max", "exact", True) if self.predicts else None,
-            cumulative_error_max_eps=worst("cumulative_error_max", "eps", True) if self.predicts else None,
+            prediction_rel_error_max=worst("prediction_rel_error_max", "exact", True) if predicts else None,
+            prediction_rel_error_max_eps=worst("prediction_rel_error_max", "eps", True) if predicts else None,
+            cumulative_error_max=worst("cumulative_error_max", "exact", True) if predicts else None,
+            cumulative_error_max_eps=worst("cumulative_error_max", "eps", True) if predicts else None,
             drift_max=worst("drift_max"), drift_max_exact=worst("drift_max", "exact"),
             drift_final=worst("drift_final"),
             untested_final=sum(d["untested_final"] or 0 for d in fams),

@@ -17,14 +17,17 @@ outputs.
 """
 from __future__ import annotations
 
-import copy
+import contextlib
 import math
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
+
+from .capture import real_copy
 
 EXACT_TOL = 1e-8
 EPS_TOL = 1e-4
@@ -134,7 +137,7 @@ def probe_model(model: nn.Module, seed: int = 0, lower_eps: bool = True, eps: fl
     """A float64 copy of ``model`` with perturbed (generic) parameters, in the same mode, every
     normalization ``eps`` lowered to ``eps``."""
     g = torch.Generator().manual_seed(seed)
-    m = copy.deepcopy(model).double()
+    m = real_copy(model).double()
     with torch.no_grad():
         for p in m.parameters():
             scale = max(float(p.detach().std()) if p.numel() > 1 else 0.0, 0.05)
@@ -146,6 +149,32 @@ def probe_model(model: nn.Module, seed: int = 0, lower_eps: bool = True, eps: fl
                 if isinstance(getattr(mod, attr, None), float):
                     setattr(mod, attr, eps)
     return m
+
+
+#: functional normalizations and the position of their ``eps`` argument
+_NORM_EPS = {F.batch_norm: 7, F.layer_norm: 4, F.group_norm: 4, F.instance_norm: 7, F.rms_norm: 3,
+             torch.batch_norm: 7, torch.layer_norm: 4, torch.group_norm: 4, torch.instance_norm: 7,
+             torch.rms_norm: 3}
+
+
+class _LowerEps(TorchFunctionMode):
+    """Lowers the ``eps`` a model passes to a functional normalization (``F.batch_norm(...)``
+    with its default 1e-5, ``F.layer_norm(x, s, w, b, 1e-6)``): module ``eps`` attributes are
+    lowered on the copy, literals in ``forward`` only here."""
+
+    def __init__(self, eps: float) -> None:
+        super().__init__()
+        self.eps = eps
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = dict(kwargs or {})
+        pos = _NORM_EPS.get(func)
+        if pos is not None:
+            if len(args) > pos:
+                args = args[:pos] + (self.eps,) + args[pos + 1:]
+            else:
+                kwargs["eps"] = self.eps
+        return func(*args, **kwargs)
 
 
 class _PrecisionWatch(TorchFunctionMode):
@@ -175,10 +204,7 @@ def _probe(ann, model: nn.Module, seed: int, families, eps: float, watch: _Preci
     args, kwargs = random_inputs(ann.example_inputs, ann.example_kwargs, seed)
     gen = torch.Generator().manual_seed(2000 + seed)
     torch.manual_seed(3000 + seed)  # dropout masks
-    if watch is not None:
-        with watch:
-            out = m(*args, **kwargs)
-    else:
+    with _LowerEps(eps), (watch if watch is not None else contextlib.nullcontext()):
         out = m(*args, **kwargs)
     outs = [o for o in flat_outputs(out) if o.is_floating_point() and o.requires_grad]
     vs = _cotangent(outs, ann.head, gen)
@@ -351,7 +377,7 @@ def invariance_check(ann, model: nn.Module, seed: int = 0, max_laws: int = 20000
     m.train(ann.training)
     args, kwargs = random_inputs(ann.example_inputs, ann.example_kwargs, seed)
     torch.manual_seed(7)
-    with torch.no_grad():
+    with torch.no_grad(), _LowerEps(EPS_PROBE[0]):
         before = flat_outputs(m(*args, **kwargs))
         params = dict(m.named_parameters())
         random_group_element(ann, params, torch.Generator().manual_seed(seed + 99))

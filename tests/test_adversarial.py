@@ -573,3 +573,78 @@ def test_attention_logits_with_per_position_scales_stay_linear_in_size():
     # value/output: d(d+1)/2 per head; query/key: the per-position factors leave no GL law
     assert ann.counts()["attention_vo"] == H * d * (d + 1) // 2 and ann.counts()["attention_qk"] == 0
     assert_sound(ann)
+
+
+# ----------------------------------------------------------------------------- round 3: hooks, prune, literal eps
+
+def _clamp_hook(module, inputs, output):
+    return output.clamp(max=0.3)
+
+
+@pytest.mark.parametrize("how", ["forward hook", "pre-hook", "instance forward", "root hook"])
+def test_forward_hooks_and_replaced_forwards_are_seen(how):
+    """fx builds its graph from module types: a forward hook (clamp), a pre-hook (x²), a forward
+    replaced on the instance (tanh) were invisible, and the laws through them false (r ≈ 0.2)."""
+    import types
+
+    model = TwoLayer(nn.Identity())
+    if how == "forward hook":
+        model.l1.register_forward_hook(_clamp_hook)
+    elif how == "pre-hook":
+        model.l2.register_forward_pre_hook(lambda m, i: (i[0] ** 2,))
+    elif how == "instance forward":
+        model.l1.forward = types.MethodType(lambda self, x: torch.tanh(F.linear(x, self.weight, self.bias)), model.l1)
+    else:
+        model.register_forward_hook(_clamp_hook)
+    with pytest.raises(fxcons.CaptureError, match="forward hooks"):
+        fxcons.annotate(model, (torch.randn(6, 4),), frontend="fx")
+    ann = annotate(model, torch.randn(6, 4))  # auto: exported, hooks included
+    assert ann.frontend == "export"
+    if how in ("forward hook", "instance forward"):
+        assert not touches(ann, "l1.weight")  # clamp / tanh after l1 stops its rescaling
+    assert_sound(ann)
+
+
+def test_backward_hooks_are_warned_about():
+    model = TwoLayer(nn.Identity())
+    model.l2.register_full_backward_hook(lambda m, gi, go: None)
+    with pytest.warns(UserWarning, match="backward hooks on l2"):
+        annotate(model, torch.randn(6, 4))
+
+
+@pytest.mark.filterwarnings("ignore:The tensor attribute")  # torch.export on hook-assigned weights
+@pytest.mark.parametrize("util", ["prune", "weight_norm"])
+def test_pruned_and_legacy_weight_normed_models_are_captured(util):
+    """prune / legacy weight_norm store the weight a hook computes as a non-leaf tensor attribute,
+    which deepcopy refuses: annotate crashed with a raw RuntimeError."""
+    import torch.nn.utils.prune as prune
+
+    model = TwoLayer(nn.Identity())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        if util == "prune":
+            prune.l1_unstructured(model.l1, "weight", amount=0.5)
+        else:
+            torch.nn.utils.weight_norm(model.l1)
+    model(torch.randn(6, 4))  # the hook has run: weight is a computed tensor
+    ann = annotate(model, torch.randn(6, 4))
+    assert ann.frontend == "export" and not touches(ann, "l1.weight")
+    assert_sound(ann)
+
+
+def test_a_literal_eps_in_a_functional_norm_is_lowered_by_the_oracle():
+    """F.batch_norm(..., eps=1e-5 by default) in forward: the oracle lowered only module eps
+    attributes, so this correct eps-law failed verify (ratio 2e-4)."""
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.c = nn.Conv2d(3, 3, 1), nn.Conv2d(3, 2, 1)
+            self.g, self.b = nn.Parameter(torch.ones(3)), nn.Parameter(torch.zeros(3))
+
+        def forward(self, x):
+            return self.c(torch.relu(F.batch_norm(self.a(x), None, None, self.g, self.b, training=True)))
+
+    ann = annotate(M(), torch.randn(4, 3, 5, 5))
+    (scale,) = [f for f in ann.families if f.kind == "scale"]
+    rep = ann.verify(probes=2)
+    assert rep.ok and next(c for c in rep.families if c.name == scale.name).max_ratio < 1e-9

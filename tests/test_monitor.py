@@ -338,6 +338,48 @@ def test_closure_step_records_drift_only():
     rep = mon.report()
     assert rep["steps"] == 3 and rep["drift_max"] > 1e-6
     assert rep["orthogonality_max"] is None and rep["prediction_rel_error_max"] is None
+    assert rep["prediction"].startswith("not predicted (step(closure)")
+
+
+def test_parameter_frozen_after_attach_is_not_flagged():
+    """requires_grad_(False) mid-run: the loss still depends on it but it gets no gradient, so
+    the zero 'gradient' says nothing about its laws (they were flagged as NOT A LAW)."""
+    model, x = relu_mlp()
+    ann = fxcons.annotate(model, (x,), head="classification")
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    mon = fxcons.monitor(ann, opt, compile=False)
+    train(model, x, opt, steps=2)
+    model[4].weight.requires_grad_(False)
+    with pytest.warns(UserWarning, match="stopped requiring gradients"):
+        train(model, x, opt, steps=3)
+    rep = mon.report()
+    assert rep["ok"] and not rep["flagged"]
+    touched = [d for d in rep["families"] if any(t.param == "4.weight" for f in ann.families
+                                                   if f.name == d["name"] for t in f.terms)]
+    assert touched and all(d["orthogonality_max"] is None and d["prediction_rel_error_max"] is None
+                           for d in touched)
+    others = [d for d in rep["families"] if d not in touched and d["exactness"] == "exact"]
+    assert others and max(d["prediction_rel_error_max"] for d in others) < 1e-10
+
+
+def test_tensor_learning_rate_is_not_read_back_each_step(monkeypatch):
+    """lr=torch.tensor(...) (the capturable pattern) stays on its device: the per-step
+    coefficients are built from it without .cpu() (a sync on CUDA), and the identity holds."""
+    import importlib
+
+    M = importlib.import_module("fxcons.monitor")  # (fxcons.monitor, the attribute, is the function)
+
+    model, x = relu_mlp()
+    ann = fxcons.annotate(model, (x,), head="classification")
+    opt = torch.optim.SGD(model.parameters(), lr=torch.tensor(0.05, dtype=torch.float64))
+    mon = fxcons.monitor(ann, opt, compile=False)
+    reads = []
+    real = M._num
+    monkeypatch.setattr(M, "_num", lambda v: reads.append(v) or real(v))
+    train(model, x, opt, steps=4)
+    assert reads == []
+    rep = mon.report()
+    assert rep["ok"] and rep["prediction_rel_error_max"] < 1e-10
 
 
 def test_tolerances_and_errors():
