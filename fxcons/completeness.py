@@ -30,8 +30,13 @@ from typing import Any, Callable
 
 import torch
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from .errors import FxconsError
+import inspect
+
+import torch.nn.functional as F
+
 from .verify import _LowerEps, _cotangent, flat_outputs, probe_model, random_inputs
 
 #: normalization eps of the count (the eps → 0 limit, where eps-laws are exact)
@@ -42,6 +47,8 @@ RANK_TOL = 1e-7
 ORTHO_TOL = 1e-7
 #: field inputs are the example's scale times exp(U(-INPUT_SPREAD, INPUT_SPREAD))
 INPUT_SPREAD = math.log(4.0)
+#: largest relative gap between an autodiff bracket and its central finite differences
+FD_TOL = 1e-4
 #: default largest number of trainable scalars
 MAX_PARAMS = 3000
 
@@ -62,6 +69,8 @@ class CompletenessReport:
     orthogonality_max: float = 0.0  # worst |<∇h, w>| / (‖∇h‖‖w‖) over laws h and sampled w
     margin: tuple[float, float] = (0.0, 1.0)  # (largest rejected, smallest accepted) residual
     thetas: int = 1  # parameter draws tried
+    bracket_fd_error: float = 0.0  # worst relative gap between a bracket and its finite differences
+    note: str = ""
     seconds: float = 0.0
 
     @property
@@ -93,6 +102,7 @@ class CompletenessReport:
                 "dims": self.dims, "depth": self.depth, "fields": self.fields, "thetas": self.thetas,
                 "orthogonality_max": self.orthogonality_max,
                 "rank_margin": {"largest_rejected": self.margin[0], "smallest_accepted": self.margin[1]},
+                "bracket_fd_error": self.bracket_fd_error, "note": self.note,
                 "seconds": round(self.seconds, 3)}
 
 
@@ -126,6 +136,70 @@ class _Span:
             self.accepted = min(self.accepted, float(s[new].min()))
             self.Q = torch.cat([self.Q, U[:, new]], dim=1)
         return int(new.sum())
+
+
+def _normalize(x: torch.Tensor, dims: tuple[int, ...], eps: float) -> torch.Tensor:
+    m = x.mean(dims, keepdim=True)
+    c = x - m
+    return c / torch.sqrt(c.square().mean(dims, keepdim=True) + eps)
+
+
+def _affine(y: torch.Tensor, weight, bias, channel_axis: int | None) -> torch.Tensor:
+    """``y * weight + bias``, the affine parameters laid along ``channel_axis`` (None: trailing)."""
+    def shaped(t):
+        if t is None or channel_axis is None:
+            return t
+        return t.reshape((1, -1) + (1,) * (y.dim() - 2))
+    w, b = shaped(weight), shaped(bias)
+    y = y * w if w is not None else y
+    return y + b if b is not None else y
+
+
+def _layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5):
+    dims = tuple(range(input.dim() - len(tuple(normalized_shape)), input.dim()))
+    return _affine(_normalize(input, dims, eps), weight, bias, None)
+
+
+def _batch_norm(input, running_mean, running_var, weight=None, bias=None, training=False, momentum=0.1, eps=1e-5):
+    if training or running_mean is None:
+        y = _normalize(input, (0,) + tuple(range(2, input.dim())), eps)
+    else:
+        shape = (1, -1) + (1,) * (input.dim() - 2)
+        y = (input - running_mean.reshape(shape)) / torch.sqrt(running_var.reshape(shape) + eps)
+    return _affine(y, weight, bias, 1)
+
+
+def _instance_norm(input, running_mean=None, running_var=None, weight=None, bias=None, use_input_stats=True,
+                   momentum=0.1, eps=1e-5):
+    if not use_input_stats:
+        return _batch_norm(input, running_mean, running_var, weight, bias, False, momentum, eps)
+    return _affine(_normalize(input, tuple(range(2, input.dim())), eps), weight, bias, 1)
+
+
+def _group_norm(input, num_groups, weight=None, bias=None, eps=1e-5):
+    g = input.reshape(input.shape[0], num_groups, -1)
+    return _affine(_normalize(g, (2,), eps).reshape(input.shape), weight, bias, 1)
+
+
+class _CompositeNorms(_LowerEps):
+    """Normalizations as compositions of elementary ops, at eps ``eps``.
+
+    Brackets of depth 3 need third derivatives, and PyTorch's fused kernels get them wrong:
+    ``F.layer_norm``'s third derivative is silently wrong in torch 2.14 (off by O(1) against
+    finite differences) and ``F.batch_norm`` / ``F.instance_norm`` refuse third order. The
+    composite forms (mean, centre, divide by the root of the variance) differentiate correctly
+    to any order; every bracket is also checked against finite differences (``_fd_bracket``)."""
+
+    COMPOSITE = {F.layer_norm: _layer_norm, F.batch_norm: _batch_norm, F.instance_norm: _instance_norm,
+                 F.group_norm: _group_norm}
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        impl = self.COMPOSITE.get(func)
+        if impl is None:
+            return super().__torch_function__(func, types, args, kwargs)
+        bound = inspect.signature(func).bind(*args, **(kwargs or {}))
+        bound.arguments["eps"] = self.eps
+        return impl(**bound.arguments)
 
 
 class _Functional:
@@ -169,7 +243,8 @@ class _Functional:
 
     def outputs(self, theta: torch.Tensor, args: tuple, kwargs: dict) -> list[torch.Tensor]:
         torch.manual_seed(self.seed)  # one dropout mask: the same function of θ at every call
-        with _LowerEps(EPS):
+        # the math kernel of scaled_dot_product_attention: the fused CPU kernels have no forward AD
+        with _CompositeNorms(EPS), sdpa_kernel(SDPBackend.MATH):
             out = torch.func.functional_call(self.model, {**self.fixed, **self.unflatten(theta)}, args, kwargs)
         return [o for o in flat_outputs(out) if o.is_floating_point()]
 
@@ -208,15 +283,32 @@ def _redraw(m: nn.Module, seed: int) -> None:
             p.copy_(mean + std * torch.randn(p.shape, generator=g, dtype=torch.float64))
 
 
-def bracket(a: Field, b: Field) -> Field:
-    """[a, b](θ) = Db(θ)·a(θ) − Da(θ)·b(θ) (forward-over-reverse)."""
+class bracket:
+    """The field [a, b](θ) = Db(θ)·a(θ) − Da(θ)·b(θ) (forward-over-reverse)."""
 
-    def c(theta: torch.Tensor) -> torch.Tensor:
-        _, db = torch.func.jvp(b, (theta,), (a(theta),))
-        _, da = torch.func.jvp(a, (theta,), (b(theta),))
+    def __init__(self, a: Field, b: Field) -> None:
+        self.a, self.b = a, b
+
+    def __call__(self, theta: torch.Tensor) -> torch.Tensor:
+        _, db = torch.func.jvp(self.b, (theta,), (self.a(theta),))
+        _, da = torch.func.jvp(self.a, (theta,), (self.b(theta),))
         return db - da
 
-    return c
+    def fd_error(self, theta: torch.Tensor, value: torch.Tensor) -> float:
+        """Relative gap between ``value`` (this bracket at θ, by autodiff) and central finite
+        differences of the two fields: an independent check of the higher derivatives autodiff
+        took. A step can straddle a ReLU kink, which spoils that step only: the best of three
+        step sizes counts."""
+        da, db = self.a(theta).detach(), self.b(theta).detach()
+
+        def along(f: Field, d: torch.Tensor, rel: float) -> torch.Tensor:
+            h = rel * max(float(theta.norm()), 1.0) / max(float(d.norm()), 1e-300)
+            with torch.no_grad():
+                return (f(theta + h * d) - f(theta - h * d)) / (2 * h)
+
+        scale = float(value.norm().clamp_min(1e-300))
+        return min(float((along(self.b, da, rel) - along(self.a, db, rel) - value).norm()) / scale
+                   for rel in (1e-5, 1e-6, 1e-7))
 
 
 def law_gradients(ann, fn: _Functional) -> torch.Tensor:
@@ -306,14 +398,25 @@ def _at_theta(ann, fn: _Functional, depth: int, batch: int, patience: int, progr
     span = _Span(D)
     counter = iter(range(10**9))
 
-    def sample(make: Callable[[], Field]) -> list[Field]:
-        """Draw batches from ``make`` until the span stops growing; the fields that grew it."""
+    def sample(make: Callable[[], Field]) -> list[Field] | None:
+        """Draw batches from ``make`` until the span stops growing; the fields that grew it (None:
+        the brackets failed their finite-difference check)."""
         kept: list[Field] = []
         idle = 0
         while idle < patience and D - span.dim > lower:
             fs = [make() for _ in range(batch)]
             vecs = torch.stack([f(fn.theta).detach() for f in fs])
             rep.fields += len(fs)
+            if isinstance(fs[0], bracket) and not kept and not idle:
+                # the first batch of each depth: autodiff's higher derivatives against finite
+                # differences; a depth whose brackets disagree is not used (a shallower count
+                # only loosens the upper bound)
+                err = fs[0].fd_error(fn.theta, vecs[0])
+                rep.bracket_fd_error = max(rep.bracket_fd_error, err)
+                if err > FD_TOL:
+                    rep.note = (f"depth-{rep.depth} brackets disagree with finite differences ({err:.1e}): "
+                                f"an op's higher derivative is wrong in this PyTorch; counted to depth {rep.depth - 1}")
+                    return None
             if len(Gn):
                 w = vecs / vecs.norm(dim=1, keepdim=True).clamp_min(1e-300)
                 rep.orthogonality_max = max(rep.orthogonality_max, float((Gn @ w.T).abs().max()))
@@ -337,6 +440,9 @@ def _at_theta(ann, fn: _Functional, depth: int, batch: int, patience: int, progr
             base = prev
             prev = sample(lambda: bracket(fn.field(next(counter)),
                                           base[int(torch.randint(len(base), (1,), generator=gen))]))
+            if prev is None:
+                rep.depth = level - 1
+                break
         rep.dims.append(span.dim)
         if D - span.dim <= lower or not prev:
             break

@@ -80,6 +80,9 @@ def _parse_opts(query: str) -> dict[str, Any]:
 
 
 def _literal(v: str) -> Any:
+    """An option value: int, float, bool, a comma list of those (``dims=4,6,3``), else the string."""
+    if "," in v:
+        return tuple(_literal(x) for x in v.split(","))
     for cast in (int, float):
         try:
             return cast(v)

@@ -345,6 +345,12 @@ def _dropout_t(node, v, T):
     return BROKEN if (v.attrs.get("active") and T[0] is not None) else T[0]
 
 
+def _no_tangent(node, v, T):
+    """Shapes, dims and comparisons (``x.dim()``, ``x.shape[0]``, ``x > 0``): their value does not
+    move with the tangent (a comparison's derivative is zero wherever it is defined)."""
+    return None
+
+
 def _first_operand(rule):
     """A rule that follows the tangent of the first operand only: one arriving through another
     operand (a computed weight, bias, γ or β) breaks the candidate."""
@@ -364,7 +370,7 @@ RULES = {
     "split": _split_t, "pick": _pick_t, "reduce": _reduce_t, "pool": _pool_t, "dropout": _dropout_t,
 }
 RULES = {kind: _first_operand(rule) for kind, rule in RULES.items()}
-RULES.update({"add": _add_t, "mul": _mul_t, "div": _div_t, "cat": _cat_t, "stack": _stack_t,
+RULES.update({"meta": _no_tangent, "add": _add_t, "mul": _mul_t, "div": _div_t, "cat": _cat_t, "stack": _stack_t,
               "matmul": _matmul_t, "sdpa": _sdpa_t})
 
 
@@ -446,10 +452,12 @@ def _start_tangent(node, v, pos: int, direction: str):
     one u entry: a multiple of the ones vector along the output features), 'row' (one row of a
     table/raw tensor shifted by a multiple of ones along the last axis).
     """
+    kind = v.kind
+    if kind == "mha":
+        return _mha_start(node, pos, direction)
     nd = _ndim(node)
     if nd == 0:
         return BROKEN
-    kind = v.kind
     if kind in ("linear", "conv", "batch_norm", "layer_norm", "group_norm", "rms_norm"):
         if kind == "conv":
             feat = 1 if _conv_batched(node, v) else 0
@@ -482,7 +490,48 @@ def _start_tangent(node, v, pos: int, direction: str):
             return frozenset({nd - 1})
         if direction == "total":
             return frozenset(range(nd))
+    if kind in RAW_SITES and direction in ("row", "total"):
+        # a raw parameter moved by a shape op first (a class token expanded over the batch and
+        # concatenated to the patches): its own tangent, carried through that op's rule
+        pshape = _shape(v.ins[pos])
+        if pshape is None or not pshape:
+            return BROKEN
+        own = frozenset({len(pshape) - 1}) if direction == "row" else frozenset(range(len(pshape)))
+        T = [None] * len(v.ins)
+        T[pos] = _with_unit_axes(own, pshape)
+        F = RULES[kind](node, v, T)
+        return F if isinstance(F, frozenset) else BROKEN
     return BROKEN
+
+
+#: shape ops a raw parameter can be used by directly and still have row / total candidates
+RAW_SITES = ("expand", "reshape", "permute", "index", "cat", "stack", "identity")
+
+
+def _mha_start(node, pos: int, direction: str):
+    """nn.MultiheadAttention's output projection (operands 5 and 6: out_proj.weight and .bias)
+    writes the attention output (B, T, E) like a Linear: W + 1uᵀ shifts every token along the
+    ones vector, a bias entry shifts one feature everywhere. The attention weights (the tuple's
+    second output) do not depend on it. Other operands: no rule."""
+    val = node.meta.get("val")
+    out = val[0] if isinstance(val, (tuple, list)) and val else None
+    if pos not in (5, 6) or not hasattr(out, "shape") or out.dim() == 0:
+        return BROKEN
+    nd = out.dim()
+    if pos == 5:
+        F = frozenset({nd - 1}) if direction in ("ones_out", "total") else BROKEN
+    elif direction == "entry":
+        F = frozenset(range(nd - 1))
+    else:
+        F = frozenset(range(nd)) if direction == "total" else BROKEN
+    if F is BROKEN:
+        return BROKEN
+    return (_with_unit_axes(F, tuple(out.shape)), None)
+
+
+def _is_weight(v, pos: int) -> bool:
+    """The operand is a weight matrix read like a Linear's (its column sums are candidates)."""
+    return v.kind in ("linear", "conv") and pos == 1 or v.kind == "mha" and pos == 5
 
 
 # reducer (law) for each (site kind, direction)
@@ -505,13 +554,13 @@ def translation_pass(cap, head, fams):
             continue
         single = len(uses) == 1
         node0, pos0, v0 = uses[0]
-        is_weight = v0.kind in ("linear", "conv") and pos0 == 1
+        is_weight = _is_weight(v0, pos0)
         is_vector = len(info.shape) == 1
         if single and is_vector and not is_weight:
             plan = ["entry", "total"]
         elif single and is_weight:
             plan = ["ones_out"]
-        elif single and (v0.kind == "embedding" or v0.kind == "add"):
+        elif single and (v0.kind in ("embedding", "add") or v0.kind in RAW_SITES):
             plan = ["row", "total"]
         else:
             plan = ["total"]
@@ -519,12 +568,16 @@ def translation_pass(cap, head, fams):
             starts = {}
             ok = True
             for node, pos, v in uses:
-                if v.kind == "linear" and pos == 1 and v.attrs.get("layout") == "in_out" and direction == "ones_out":
-                    pass
                 F = _start_tangent(node, v, pos, direction)
                 if F is BROKEN:
                     ok = False
                     break
+                if isinstance(F, tuple):  # a tuple-valued site (nn.MultiheadAttention)
+                    if node in starts:
+                        ok = False
+                        break
+                    starts[node] = F
+                    continue
                 F = _with_unit_axes(F, _shape(node))
                 starts[node] = starts[node] & F if node in starts else F
             if not ok or not propagate(cap, starts, head):

@@ -202,10 +202,7 @@ def test_tiny_transformer_laws():
     # 220 LayerNorm translations + 64 key-bias entries = 284
     assert {k: c[k] for k in ("attention_qk", "attention_vo", "rescale", "scale", "gl")} == \
         {"attention_qk": 288, "attention_vo": 288, "rescale": 288, "scale": 1, "gl": 0}
-    # known gap: the 2·(32 + 1) out_proj translation laws (1ᵀW and the bias sum of each
-    # attention output projection, which writes the LayerNorm-read stream) are not found yet;
-    # test_tiny_transformer_out_proj_translations_are_laws checks them directly.
-    assert c["translation"] in (284 - 66, 284)
+    assert c["translation"] == 284
     found = by_params(ann, model)
     d, h, dh = 32, 4, 8
     assert_values(found, {"tok.weight"}, model.tok.weight.sum(1))
@@ -252,6 +249,12 @@ def test_tiny_transformer_out_proj_translations_are_laws():
         assert gw.sum(0).abs().max() < 1e-12 * gw.abs().max() * 32
         assert gb.sum().abs() < 1e-12 * gb.abs().max() * 32
         assert gw.abs().max() > 1e-3                                    # the weight itself is live
+    ann = fxcons.annotate(*REGISTRY["tiny_transformer"]())            # and fxcons emits them
+    found = by_params(ann, model)
+    for i, blk in enumerate(model.blocks):
+        w, b = blk.attn.out_proj.weight, blk.attn.out_proj.bias
+        assert_values(found, {f"blocks.{i}.attn.out_proj.weight"}, w.sum(0))
+        assert_values(found, {f"blocks.{i}.attn.out_proj.bias"}, b.sum())
 
 
 def test_tiny_transformer_gelu_drops_mlp_rescaling():

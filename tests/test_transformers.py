@@ -306,6 +306,31 @@ def test_small_vision_transformers_pass_the_oracle(name):
         assert counts["attention_qk"] == 2 * tri(8) + 2 * tri(16) == counts["attention_vo"]
 
 
+def test_torchvision_vit_translation_laws_hand_derived():
+    """torchvision's ViT (nn.MultiheadAttention as a leaf, a class token expanded and
+    concatenated, ``x.dim()`` asserts in every block): every stream writer's translation laws.
+    32×32 image, 8×8 patches: T = 16 + 1 tokens, d = 16, MLP 32, 2 layers. The stream is read
+    only by LayerNorms, so for each writer alone (LAWS.md §3.5): conv_proj's 3·8·8 column sums
+    and bias sum, the class token's sum, pos_embedding's T row sums, and per layer out_proj's d
+    column sums + bias sum, fc2's 32 column sums + bias sum, plus the d key-bias entries (§3.3);
+    with a classification head, the head's d column sums and bias sum."""
+    m, x = _small("torchvision_vit")
+    T, d, L = 17, 16, 2
+    for head, extra in ((None, 0), ("classification", d + 1)):
+        ann = fxcons.annotate(m, (x,), head=head)
+        assert ann.counts()["translation"] == 3 * 8 * 8 + 1 + 1 + T + L * ((d + 1) + (32 + 1) + d) + extra
+    values = ann.evaluate(m)
+    fams = {tuple(f.params): f for f in ann.families if f.kind == "translation"}
+    tok, pos = fams[("class_token",)], fams[("encoder.pos_embedding",)]
+    torch.testing.assert_close(values[tok.name], m.class_token.sum().reshape(1))
+    torch.testing.assert_close(values[pos.name], m.encoder.pos_embedding.sum(-1).reshape(-1))
+    for i, layer in enumerate(m.encoder.layers):
+        out = fams[(f"encoder.layers.encoder_layer_{i}.self_attention.out_proj.weight",)]
+        torch.testing.assert_close(values[out.name], layer.self_attention.out_proj.weight.sum(0))
+    rep = ann.verify(probes=2)
+    assert rep.ok and rep.max_ratio_exact < 1e-10
+
+
 @pytest.mark.parametrize("spec", ["torchvision:vit_b_16", "torchvision:swin_t", "timm:vit_tiny_patch16_224",
                                   "timm:deit_tiny_patch16_224", "timm:convnext_tiny", "timm:eva02_tiny_patch14_224", "hf:gpt2?n_layer=2",
                                   "hf:bert?num_hidden_layers=2", "hf:vit?num_hidden_layers=2", "hf:llama",
