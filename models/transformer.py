@@ -20,6 +20,9 @@ f = ff, V = vocab, T = seq_len, L = layers (defaults d=32, h=4, f=64, V=16, T=8,
   ``1ᵀW`` and the bias sum (out_proj: d + 1, fc2: f + 1 per layer), the row sums of ``tok``
   (V) and of ``pos`` (T): ``L·(d + f + 2) + V + T`` (220). With ``head="classification"``:
   + d + 1 (head column sums and bias sum) = 33.
+* ``translation``, shift transfer: ``tok(ids) + pos`` is unchanged by tok + 1cᵀ, pos − 1cᵀ
+  (every token gains c, every position loses it): per feature i, ``Σ_v tok[v, i] −
+  Σ_t pos[t, i]``: d (32), one of them (c = 1) a combination of the row sums above.
 
 With ``activation="gelu"`` the ``L·f`` MLP rescaling laws disappear (§3.7).
 """
@@ -75,7 +78,7 @@ def tiny_transformer(vocab: int = 16, seq_len: int = 8, dim: int = 32, heads: in
     """Pre-LN Transformer classifier and a (batch, seq_len) LongTensor of token ids.
 
     Laws with the defaults (module docstring): 288 attention_qk + 288 attention_vo, 64 key-bias
-    linear laws, 288 rescale, 1 scale (eps), 220 translation (+33 with a classification head).
+    linear laws, 288 rescale, 1 scale (eps), 220 + 32 translation (+33 with a classification head).
     """
     with seeded(seed):
         model = TinyTransformer(vocab, seq_len, dim, heads, ff, layers, num_classes, activation, dropout)

@@ -592,14 +592,104 @@ def translation_pass(cap, head, fams):
                                  "linear", [Term(name, red, 1.0, idx)], where=name.rsplit(".", 1)[0],
                                  note=f"θ + t·c with c = {direction} direction is absorbed downstream"))
             break
+    new += shift_transfer_laws(cap, sites)
     return _drop_conserved_squares(fams, new) + new, []
+
+
+# ----------------------------------------------------------------------------- shift transfer
+
+def _shift_source(cap, sites, node, pos: int, v):
+    """(parameter, feature axis counted from the end, index (d, k) of the entries shifted per
+    feature) when θ + t·c on that parameter adds exactly c (along the feature axis) to every
+    position of ``node``'s output: a Linear / conv bias, every row of an embedding table, a raw
+    parameter added to a tensor. None otherwise."""
+    ref = v.ins[pos]
+    if not isinstance(ref, ParamRef) or len(sites.get(ref.name, ())) != 1:
+        return None
+    info = cap.params.get(ref.name)
+    out = _shape(node)
+    if info is None or not info.trainable or not out or not info.shape:
+        return None
+    shape, n = tuple(info.shape), int(np.prod(info.shape))
+    if v.kind in ("linear", "conv") and pos == 2 and len(shape) == 1:
+        feat = -1 if v.kind == "linear" else (1 if _conv_batched(node, v) else 0) - len(out)
+        return ref.name, feat, np.arange(n, dtype=np.int64)[:, None]
+    last = shape[-1]
+    flat = np.arange(n, dtype=np.int64).reshape(-1, last).T  # (d, rows): entry [row, i]
+    if v.kind == "embedding" and pos == 1 and v.attrs.get("padding_idx") in (None, -1) and len(shape) == 2:
+        return ref.name, -1, flat  # every row + c: every looked-up vector moves by c
+    if v.kind == "add" and pos in (0, 1) and out[-1] == last and len(shape) <= len(out):
+        return ref.name, -1, flat  # broadcast over every other axis of the sum
+    return None
+
+
+def _add_root(cap, node, coef: float):
+    """Follow ``node`` up through sums it is the only input of; (root add, coefficient of
+    ``node`` in the root's value). A node read by anything else ends the climb."""
+    while len(node.users) == 1:
+        (user,) = node.users
+        u = user.meta["fxc"]
+        if u.kind != "add" or _shape(user) is None:
+            break
+        hits = [i for i, x in enumerate(u.ins) if x is node]
+        if len(hits) != 1:
+            break
+        coef *= 1.0 if hits[0] == 0 else float(u.attrs.get("alpha", 1))
+        node = user
+    return node, coef
+
+
+def shift_transfer_laws(cap, sites) -> list[LawFamily]:
+    """Several parameters that add a shift c to the same sum, each at every position: moving c
+    from one to another leaves the sum, hence the model, unchanged (a token embedding and a
+    position embedding: tok + 1cᵀ, pos − 1cᵀ). Per pair (first source, other source) and
+    feature i, the law Σ_k first[k, i] / a_first − Σ_k other[k, i] / a_other, with a the
+    source's coefficient in the sum (LAWS.md §3.5's translation, one direction spread over
+    several parameters)."""
+    groups: dict = {}
+    for name, uses in sites.items():
+        if len(uses) != 1:
+            continue
+        node, pos, v = uses[0]
+        src = _shift_source(cap, sites, node, pos, v)
+        if src is None:
+            continue
+        if v.kind == "add":  # the parameter is itself an operand of the sum
+            coef = 1.0 if pos == 0 else float(v.attrs.get("alpha", 1))
+            root, coef = _add_root(cap, node, coef)
+        else:
+            if len(node.users) != 1:
+                continue
+            root, coef = _add_root(cap, node, 1.0)
+            if root is node:
+                continue
+        if coef == 0:
+            continue
+        groups.setdefault(root, []).append((src, coef))
+    fams = []
+    for root, srcs in groups.items():
+        by_axis: dict = {}
+        for (pname, feat, idx), coef in srcs:
+            by_axis.setdefault((feat, idx.shape[0]), []).append((pname, idx, coef))
+        for (feat, d), members in by_axis.items():
+            if (_shape(root) or (0,))[feat] != d:
+                continue
+            (p0, i0, a0), rest = members[0], members[1:]
+            for p1, i1, a1 in rest:
+                fams.append(LawFamily(
+                    f"{p0}↔{p1} shift", "translation", "exact", "linear",
+                    [Term(p0, "entry", 1.0 / a0, i0), Term(p1, "entry", -1.0 / a1, i1)],
+                    where=p0.rsplit(".", 1)[0],
+                    note=f"θ + t·c: {p0} adds c to the sum {root.name}, {p1} takes it back"))
+    return fams
 
 
 def _drop_conserved_squares(fams: list[LawFamily], linear: list[LawFamily]) -> list[LawFamily]:
     """A bias whose every entry is a linear law (BatchNorm in front) is conserved itself: its
     squares are dropped from quadratic laws, giving the simpler equivalent set of LAWS.md
     (e.g. ‖conv.W[c]‖² alone rather than ‖conv.W[c]‖² + b_c²)."""
-    conserved = {t.param for f in linear for t in f.terms if t.reducer == "entry"}
+    conserved = {f.terms[0].param for f in linear
+                 if len(f.terms) == 1 and f.terms[0].reducer == "entry" and f.terms[0].index.shape[1] == 1}
     out = []
     for f in fams:
         if f.form == "diag" and any(t.param in conserved and t.reducer == "sq" for t in f.terms):

@@ -199,13 +199,14 @@ def test_tiny_transformer_laws():
     ann = fxcons.annotate(model, x)
     c = ann.counts()
     # see fxcons.models.transformer: 288 + 288 attention, 288 rescale, 1 stream scale law,
-    # 220 LayerNorm translations + 64 key-bias entries = 284
+    # 220 LayerNorm translations + 64 key-bias entries + 32 tok ↔ pos shift transfers = 316
     assert {k: c[k] for k in ("attention_qk", "attention_vo", "rescale", "scale", "gl")} == \
         {"attention_qk": 288, "attention_vo": 288, "rescale": 288, "scale": 1, "gl": 0}
-    assert c["translation"] == 284
+    assert c["translation"] == 316
     found = by_params(ann, model)
     d, h, dh = 32, 4, 8
     assert_values(found, {"tok.weight"}, model.tok.weight.sum(1))
+    assert_values(found, {"tok.weight", "pos"}, model.tok.weight.sum(0) - model.pos.sum(0))
     assert_values(found, {"pos"}, model.pos.sum(1))
     for i, blk in enumerate(model.blocks):
         p = f"blocks.{i}"

@@ -189,6 +189,10 @@ def bert_expected(L):
         ("translation", ("bert.embeddings.token_type_embeddings",)): 2,
         ("translation", ("bert.embeddings.word_embeddings",)): 1,
         ("translation", ("cls.predictions",)): 1,  # decoder bias: Σb (softmax head)
+        # shift transfer: word + token_type + position embeddings are summed, so moving c from
+        # every token-type row to every position row changes nothing: per feature,
+        # Σ_t tt[t, i] − Σ_p pos[p, i] (E). The word table (padding_idx, and tied) takes no part.
+        ("translation", ("bert.embeddings.position_embeddings", "bert.embeddings.token_type_embeddings")): E,
     }
     prev = "bert.embeddings.LayerNorm"
     for i in range(L):
