@@ -50,6 +50,12 @@ class Annotation:
 
         return verify(self, **kw)
 
+    def completeness(self, **kw: Any):
+        """Lie-algebra bounds on the number of laws (LAWS.md §5): see :mod:`fxcons.completeness`."""
+        from .completeness import completeness
+
+        return completeness(self, **kw)
+
     def to_python(self, **kw: Any) -> str:
         from .codegen import to_python
 

@@ -4,6 +4,7 @@
     fxcons annotate torchvision:resnet18 --verify --json     # one JSON object
     fxcons annotate models:relu_mlp --python laws.py         # standalone checker
     fxcons annotate my_model.py:build --example-shape 8,3,32,32 --explain
+    fxcons annotate "models:relu_mlp?dims=4,6,3" --completeness   # did fxcons find every law?
     fxcons export-onnx torchvision:resnet18 -o laws.onnx [--drift]
     fxcons train models:resnet18_cifar --data digits --optimizer sgd --lr 0.05 --steps 30
 
@@ -48,6 +49,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(a)
     a.add_argument("--verify", action="store_true", help="run the numerical oracle on every law")
     a.add_argument("--probes", type=int, default=2, help="oracle probes (random θ, x, v), default 2")
+    a.add_argument("--completeness", action="store_true",
+                   help="Lie-algebra count (LAWS.md §5): upper and lower bounds on the number of laws, "
+                        "'complete' when fxcons found them all; for small blocks (at most --max-params scalars)")
+    a.add_argument("--max-params", type=int, default=None, help="largest model --completeness accepts (default 3000)")
     a.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     a.add_argument("--python", metavar="FILE", help="write a standalone Python law checker")
     a.add_argument("--latex", metavar="FILE", help="write the laws as a LaTeX document ('-' for stdout)")
@@ -85,6 +90,7 @@ def _annotate(args):
 def cmd_annotate(args) -> int:
     lm, ann = _annotate(args)
     report = ann.verify(probes=args.probes) if args.verify else None
+    complete = _completeness(ann, args) if args.completeness else None
     if args.python:
         _write_text(args.python, ann.to_python())
     if args.latex:
@@ -100,12 +106,28 @@ def cmd_annotate(args) -> int:
         out = annotation_json(ann, args.spec)
         if report is not None:
             out["verify"] = report.to_dict()
+        if complete is not None:
+            out["completeness"] = complete.to_dict()
         print(json.dumps(out, indent=1, default=str))
     else:
         from .report import render_table
 
-        render_table(ann, title=args.spec, verify=report, explain=args.explain)
-    return 0 if report is None or report.ok else 1
+        render_table(ann, title=args.spec, verify=report, explain=args.explain, completeness=complete)
+    failed = (report is not None and not report.ok) or (complete is not None and not complete.sound)
+    return 1 if failed else 0
+
+
+def _completeness(ann, args):
+    """The Lie-algebra count, with a live status line on a terminal (stderr)."""
+    from .completeness import MAX_PARAMS, completeness
+
+    kw = {"max_params": args.max_params or MAX_PARAMS}
+    if args.json or not sys.stderr.isatty():
+        return completeness(ann, **kw)
+    from rich.console import Console
+
+    with Console(stderr=True).status("completeness: sampling fields") as status:
+        return completeness(ann, progress=lambda msg: status.update(f"completeness: {msg}"), **kw)
 
 
 def cmd_export_onnx(args) -> int:

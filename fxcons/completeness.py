@@ -37,18 +37,29 @@ import inspect
 
 import torch.nn.functional as F
 
-from .verify import _LowerEps, _cotangent, flat_outputs, probe_model, random_inputs
+from .verify import _LowerEps, _PrecisionWatch, _cotangent, flat_outputs, probe_model, random_inputs
 
 #: normalization eps of the count (the eps → 0 limit, where eps-laws are exact)
 EPS = 1e-20
-#: a new vector adds a dimension if its component outside the span exceeds RANK_TOL × its norm
-RANK_TOL = 1e-7
-#: largest |<∇h, w>| / (‖∇h‖‖w‖) accepted between an emitted law and a sampled field or bracket
-ORTHO_TOL = 1e-7
+
+
+@dataclass(frozen=True)
+class Tolerances:
+    """Numerical thresholds of the count, by the precision the model computes in."""
+
+    rank: float  # a vector adds a dimension if its part outside the span exceeds rank × its norm
+    ortho: float  # largest |<∇h, w>| / (‖∇h‖‖w‖) accepted between an emitted law and a field
+    fd: float  # largest gap between a bracket and its finite differences (relative to its terms)
+    fd_steps: tuple[float, ...]  # finite-difference steps, relative to ‖θ‖
+
+
+#: float64 throughout; and models that compute part of their forward in float32 (LLaMA's rotary
+#: tables): their fields carry ~1e-7 relative noise, which must not count as dimensions
+TOLERANCES = {"float64": Tolerances(1e-7, 1e-7, 1e-4, (1e-5, 1e-6, 1e-7)),
+              "low": Tolerances(1e-4, 1e-4, 1e-2, (1e-2, 1e-3, 1e-4))}
+
 #: field inputs are the example's scale times exp(U(-INPUT_SPREAD, INPUT_SPREAD))
 INPUT_SPREAD = math.log(4.0)
-#: largest relative gap between an autodiff bracket and its central finite differences
-FD_TOL = 1e-4
 #: default largest number of trainable scalars
 MAX_PARAMS = 3000
 
@@ -71,6 +82,11 @@ class CompletenessReport:
     thetas: int = 1  # parameter draws tried
     bracket_fd_error: float = 0.0  # worst relative gap between a bracket and its finite differences
     note: str = ""
+    precision: str = "float64"  # the lowest precision the model computed in (see TOLERANCES)
+
+    @property
+    def tolerances(self) -> Tolerances:
+        return TOLERANCES["float64" if self.precision == "float64" else "low"]
     seconds: float = 0.0
 
     @property
@@ -81,7 +97,7 @@ class CompletenessReport:
     @property
     def sound(self) -> bool:
         """No emitted law contradicts a sampled field (and the bounds are consistent)."""
-        return self.orthogonality_max <= ORTHO_TOL and self.lower <= self.upper
+        return self.orthogonality_max <= self.tolerances.ortho and self.lower <= self.upper
 
     @property
     def gap(self) -> int:
@@ -102,14 +118,15 @@ class CompletenessReport:
                 "dims": self.dims, "depth": self.depth, "fields": self.fields, "thetas": self.thetas,
                 "orthogonality_max": self.orthogonality_max,
                 "rank_margin": {"largest_rejected": self.margin[0], "smallest_accepted": self.margin[1]},
-                "bracket_fd_error": self.bracket_fd_error, "note": self.note,
+                "bracket_fd_error": self.bracket_fd_error, "note": self.note, "precision": self.precision,
                 "seconds": round(self.seconds, 3)}
 
 
 class _Span:
     """An orthonormal basis of the vectors seen so far (block Gram–Schmidt, twice)."""
 
-    def __init__(self, dim: int) -> None:
+    def __init__(self, dim: int, tol: float) -> None:
+        self.tol = tol
         self.Q = torch.zeros(dim, 0, dtype=torch.float64)
         self.rejected = 0.0  # largest relative residual judged dependent
         self.accepted = 1.0  # smallest relative residual judged a new dimension
@@ -129,7 +146,7 @@ class _Span:
             R = R - self.Q @ (self.Q.T @ R)
         U, s, _ = torch.linalg.svd(R, full_matrices=False)
         # each column of R had norm 1 before projection: singular values are relative residuals
-        new = s > RANK_TOL
+        new = s > self.tol
         if (~new).any():
             self.rejected = max(self.rejected, float(s[~new].max()))
         if new.any():
@@ -227,11 +244,18 @@ class _Functional:
         self.theta = torch.cat([params[n].detach().reshape(-1) for n in self.names])
         if self.theta.numel() > max_params:
             raise FxconsError(f"completeness: the model has {self.theta.numel()} trainable scalars, more than "
-                              f"max_params={max_params}; the Lie-algebra count is for small blocks (build a "
-                              f"small version of the model, or raise max_params)")
+                              f"max_params={max_params}; the Lie-algebra count is for small blocks (build a small "
+                              f"version of the model, or raise max_params / --max-params)")
         if self.theta.numel() == 0:
             raise FxconsError("completeness: the model has no trainable parameters")
         self.seed = seed
+        watch = _PrecisionWatch()  # a model may compute part of its forward in float32
+        args, kwargs = random_inputs(ann.example_inputs, ann.example_kwargs, seed)
+        with torch.no_grad(), watch:
+            self.outputs(self.theta, args, kwargs)
+        low = min(watch.dtypes, key=lambda d: torch.finfo(d).bits, default=torch.float64)
+        self.precision = str(low).replace("torch.", "")
+        self.tol = TOLERANCES["float64" if low == torch.float64 else "low"]
 
     def unflatten(self, theta: torch.Tensor) -> dict[str, torch.Tensor]:
         out, i = {}, 0
@@ -294,11 +318,11 @@ class bracket:
         _, da = torch.func.jvp(self.a, (theta,), (self.b(theta),))
         return db - da
 
-    def fd_error(self, theta: torch.Tensor, value: torch.Tensor) -> float:
-        """Relative gap between ``value`` (this bracket at θ, by autodiff) and central finite
-        differences of the two fields: an independent check of the higher derivatives autodiff
-        took. A step can straddle a ReLU kink, which spoils that step only: the best of three
-        step sizes counts."""
+    def fd_error(self, theta: torch.Tensor, value: torch.Tensor, steps: tuple[float, ...]) -> float:
+        """Gap between ``value`` (this bracket at θ, by autodiff) and central finite differences
+        of the two fields, relative to the size of the two terms Db·a and Da·b: an independent
+        check of the higher derivatives autodiff took. A step can straddle a ReLU kink, which
+        spoils that step only: the best of the ``steps`` counts."""
         da, db = self.a(theta).detach(), self.b(theta).detach()
 
         def along(f: Field, d: torch.Tensor, rel: float) -> torch.Tensor:
@@ -306,9 +330,13 @@ class bracket:
             with torch.no_grad():
                 return (f(theta + h * d) - f(theta - h * d)) / (2 * h)
 
-        scale = float(value.norm().clamp_min(1e-300))
-        return min(float((along(self.b, da, rel) - along(self.a, db, rel) - value).norm()) / scale
-                   for rel in (1e-5, 1e-6, 1e-7))
+        errs = []
+        for rel in steps:
+            tb, ta = along(self.b, da, rel), along(self.a, db, rel)
+            # relative to the two terms: a bracket is often a small difference of large terms
+            scale = max(float(tb.norm() + ta.norm()), 1e-300)
+            errs.append(float((tb - ta - value).norm()) / scale)
+        return min(errs)
 
 
 def law_gradients(ann, fn: _Functional) -> torch.Tensor:
@@ -324,7 +352,7 @@ def law_gradients(ann, fn: _Functional) -> torch.Tensor:
     return torch.autograd.functional.jacobian(values, fn.theta, vectorize=True)
 
 
-def numerical_rank(M: torch.Tensor) -> int:
+def numerical_rank(M: torch.Tensor, tol: float = TOLERANCES["float64"].rank) -> int:
     """Rank of the rows of M, each normalized (laws of very different scales count alike)."""
     if not len(M):
         return 0
@@ -333,7 +361,7 @@ def numerical_rank(M: torch.Tensor) -> int:
     if not len(M):
         return 0
     s = torch.linalg.svdvals(M)
-    return int((s > RANK_TOL * s[0]).sum())
+    return int((s > tol * s[0]).sum())
 
 
 def completeness(ann, model: nn.Module | None = None, *, depth: int = 3, seed: int = 0, thetas: int = 3, draws: int = 12,
@@ -386,16 +414,16 @@ def _genericity(fn: _Functional, batch: int) -> tuple[int, int]:
     V = torch.stack([fn.field(k)(fn.theta).detach() for k in range(batch)])
     col = V.abs().amax(0)
     live = int((col > 1e-12 * float(col.max())).sum()) if float(col.max()) > 0 else 0
-    return live, numerical_rank(V)
+    return live, numerical_rank(V, fn.tol.rank)
 
 
 def _at_theta(ann, fn: _Functional, depth: int, batch: int, patience: int, progress) -> CompletenessReport:
     D = fn.theta.numel()
     G = law_gradients(ann, fn)
-    lower = numerical_rank(G)
+    lower = numerical_rank(G, fn.tol.rank)
     Gn = G / G.norm(dim=1, keepdim=True).clamp_min(1e-300)
-    rep = CompletenessReport(params=D, emitted=ann.total_laws, lower=lower, upper=D)
-    span = _Span(D)
+    rep = CompletenessReport(params=D, emitted=ann.total_laws, lower=lower, upper=D, precision=fn.precision)
+    span = _Span(D, fn.tol.rank)
     counter = iter(range(10**9))
 
     def sample(make: Callable[[], Field]) -> list[Field] | None:
@@ -411,9 +439,9 @@ def _at_theta(ann, fn: _Functional, depth: int, batch: int, patience: int, progr
                 # the first batch of each depth: autodiff's higher derivatives against finite
                 # differences; a depth whose brackets disagree is not used (a shallower count
                 # only loosens the upper bound)
-                err = fs[0].fd_error(fn.theta, vecs[0])
+                err = fs[0].fd_error(fn.theta, vecs[0], fn.tol.fd_steps)
                 rep.bracket_fd_error = max(rep.bracket_fd_error, err)
-                if err > FD_TOL:
+                if err > fn.tol.fd:
                     rep.note = (f"depth-{rep.depth} brackets disagree with finite differences ({err:.1e}): "
                                 f"an op's higher derivative is wrong in this PyTorch; counted to depth {rep.depth - 1}")
                     return None

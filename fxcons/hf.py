@@ -99,7 +99,7 @@ def build_hf(name: str, opts: dict[str, Any] | None = None) -> LoadedModel:
     task = opts.pop("task", "head")
     if task not in ("head", "base"):
         raise SpecError(f"hf option task must be 'head' or 'base', got {task!r}")
-    batch, seq = int(opts.pop("batch", 2)), int(opts.pop("seq", 8))
+    batch, seq = int(opts.pop("batch", 2)), opts.pop("seq", None)
     config_cls = getattr(transformers, recipe.config)
     known = set(config_cls().to_dict())
     fields = {**recipe.defaults, **opts}
@@ -117,6 +117,7 @@ def build_hf(name: str, opts: dict[str, Any] | None = None) -> LoadedModel:
         model = model_cls(config).train()
     except Exception as e:  # noqa: BLE001 - config validation raises its own exception types
         raise SpecError(f"hf:{key} cannot be built with {opts}: {type(e).__name__}: {_first_line(e)}") from None
+    seq = _sequence_length(config, key, seq)
     args, kwargs = _INPUTS[recipe.inputs](config, batch, seq)
     head = "classification" if task == "head" else None
     return LoadedModel(model, args, head=head, example_kwargs=kwargs, frontend="export", name=f"hf:{key}")
@@ -125,6 +126,19 @@ def build_hf(name: str, opts: dict[str, Any] | None = None) -> LoadedModel:
 def _first_line(e: BaseException) -> str:
     lines = [s.strip() for s in str(e).splitlines() if s.strip()]
     return lines[-1][:200] if lines else ""
+
+
+def _sequence_length(config, key: str, seq) -> int:
+    """8 tokens, or fewer when the model has fewer positions (RoBERTa's start after the padding
+    index); an explicit ``seq`` beyond them is an error."""
+    limit = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+    if isinstance(limit, int) and getattr(config, "model_type", "") in ("roberta", "xlm-roberta", "camembert"):
+        limit -= (getattr(config, "pad_token_id", 0) or 0) + 1
+    if seq is None:
+        return min(8, limit) if isinstance(limit, int) and limit > 0 else 8
+    if isinstance(limit, int) and int(seq) > limit:
+        raise SpecError(f"hf:{key}: seq={seq} is longer than the model's {limit} positions")
+    return int(seq)
 
 
 def _tokens(config, batch: int, seq: int):

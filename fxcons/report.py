@@ -33,7 +33,8 @@ def breaker_summary(ann, top: int = 5) -> list[tuple[str, int, str]]:
     return [(why, len(w), w[0]) for why, w in rows]
 
 
-def render_table(ann, title: str = "", verify=None, explain: bool = False, console=None) -> None:
+def render_table(ann, title: str = "", verify=None, explain: bool = False, console=None,
+                 completeness=None) -> None:
     from rich.console import Console
     from rich.table import Table
 
@@ -63,6 +64,12 @@ def render_table(ann, title: str = "", verify=None, explain: bool = False, conso
             f", invariance {verify.invariance:.1e}" + ("" if verify.invariance_ok else f" > {verify.invariance_tol:.0e}"))
         console.print(f"oracle: {verify.checked} laws checked, {verify.failed} failed, max ratio "
                       f"{verify.max_ratio:.2e} ({verify.probes} probes{inv}) {status}")
+    if completeness is not None:
+        c = completeness
+        colour = "green" if c.certified else ("red" if not c.sound else "yellow")
+        console.print(f"completeness (Lie-algebra count, LAWS.md §5): {c.lower} independent laws emitted, at most "
+                      f"{c.upper} exist (D = {c.params}, bracket depth {c.depth}, {c.fields} fields, "
+                      f"{c.seconds:.1f} s): [{colour}]{c.verdict}[/{colour}]" + (f" · {c.note}" if c.note else ""))
     if explain:
         console.print("[bold]nodes that broke symmetries[/bold]")
         if not ann.breakers:

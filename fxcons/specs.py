@@ -139,7 +139,11 @@ def _reference(name: str, opts: dict) -> LoadedModel:
 
     if name not in REGISTRY:
         raise SpecError(f"no reference model {name!r}; available: {', '.join(sorted(REGISTRY))}")
-    model, inputs = REGISTRY[name](**opts)
+    try:
+        model, inputs = REGISTRY[name](**opts)
+    except (TypeError, ValueError) as e:  # an unknown option or a value of the wrong kind
+        doc = inspect.signature(REGISTRY[name])
+        raise SpecError(f"models:{name} cannot be built with {opts}: {e} (options: {doc})") from None
     return LoadedModel(model, inputs)
 
 
