@@ -116,8 +116,14 @@ def test_shift_through_a_computed_bias_is_not_dropped(frontend):
         def forward(self, x):
             return F.linear(x, self.W, self.b1 + self.b2)
 
-    ann = annotate(M(), torch.randn(6, 4), frontend=frontend)
-    assert not touches(ann, "b1") and not touches(ann, "b2")
+    m = M()
+    ann = annotate(m, torch.randn(6, 4), frontend=frontend)
+    # Σ b1 alone is not a law; the shift transfer b1 + c, b2 − c (the computed bias b1 + b2 does
+    # not move) is, per entry: b1 − b2
+    (fam,) = [f for f in ann.families if "b1" in f.params or "b2" in f.params]
+    assert sorted(fam.params) == ["b1", "b2"] and fam.kind == "translation"
+    torch.testing.assert_close(ann.evaluate(m)[fam.name], (m.b1 - m.b2).detach())
+    assert_sound(ann)
 
 
 def test_shift_through_an_attention_mask_is_not_dropped():
@@ -266,9 +272,14 @@ def test_inplace_mul_is_followed(frontend):
 
 
 def test_inplace_add_is_followed():
-    ann = annotate(InplaceScale(lambda h, s: h.add_(s)), torch.randn(6, 4), frontend="fx")
-    assert not [f for f in ann.families if f.kind == "translation"]  # Σ s is not a law
-    assert [sorted(f.params) for f in ann.families] == [["l1.bias", "l1.weight", "l2.weight", "s"]]
+    m = InplaceScale(lambda h, s: h.add_(s))
+    ann = annotate(m, torch.randn(6, 4), frontend="fx")
+    # Σ s is not a law; l1.bias + c, s − c (the sum h + s does not move) is: l1.bias − s
+    (shift,) = [f for f in ann.families if f.kind == "translation"]
+    assert sorted(shift.params) == ["l1.bias", "s"]
+    torch.testing.assert_close(ann.evaluate(m)[shift.name], (m.l1.bias - m.s).detach())
+    assert [sorted(f.params) for f in ann.families if f.kind != "translation"] == \
+        [["l1.bias", "l1.weight", "l2.weight", "s"]]
     assert_sound(ann)
 
 
