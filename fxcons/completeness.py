@@ -55,9 +55,11 @@ class Tolerances:
 
 #: float64 throughout; and models that compute part of their forward in float32 (LLaMA's rotary
 #: tables): their fields carry ~1e-7 relative noise, which must not count as dimensions
-TOLERANCES = {"float64": Tolerances(1e-7, 1e-7, 1e-4, (1e-5, 1e-6, 1e-7)),
+TOLERANCES = {"float64": Tolerances(1e-9, 1e-7, 1e-4, (1e-5, 1e-6, 1e-7)),
               "low": Tolerances(1e-4, 1e-4, 1e-2, (1e-2, 1e-3, 1e-4))}
 
+#: rank decisions are clear-cut when the smallest residual kept exceeds the largest dismissed this many times
+CLEAR_GAP = 100.0
 #: field inputs are the example's scale times exp(U(-INPUT_SPREAD, INPUT_SPREAD))
 INPUT_SPREAD = math.log(4.0)
 #: default largest number of trainable scalars
@@ -90,9 +92,16 @@ class CompletenessReport:
     seconds: float = 0.0
 
     @property
+    def clear(self) -> bool:
+        """The rank decisions were clear-cut: every residual kept as a new dimension exceeds
+        every one dismissed as rounding by CLEAR_GAP times (a smooth model at small weights can
+        give a continuous spectrum, and then no count is trustworthy)."""
+        return self.margin[0] == 0 or self.margin[1] >= CLEAR_GAP * self.margin[0]
+
+    @property
     def certified(self) -> bool:
         """Every law of the model is a function of the emitted ones."""
-        return self.upper == self.lower and self.sound
+        return self.upper == self.lower and self.sound and self.clear
 
     @property
     def sound(self) -> bool:
@@ -110,11 +119,15 @@ class CompletenessReport:
             return "UNSOUND: an emitted law is not orthogonal to the fields"
         if self.certified:
             return "complete"
+        if not self.clear:
+            return (f"inconclusive: rank decisions not clear-cut (a residual of {self.margin[0]:.0e} dismissed, "
+                    f"one of {self.margin[1]:.0e} kept); between {self.lower} and {self.upper} laws")
         return f"gap of {self.gap}: up to {self.gap} independent laws not emitted (or brackets too shallow)"
 
     def to_dict(self) -> dict:
         return {"params": self.params, "emitted": self.emitted, "lower": self.lower, "upper": self.upper,
-                "gap": self.gap, "certified": self.certified, "sound": self.sound, "verdict": self.verdict,
+                "gap": self.gap, "certified": self.certified, "sound": self.sound, "clear": self.clear,
+                "verdict": self.verdict,
                 "dims": self.dims, "depth": self.depth, "fields": self.fields, "thetas": self.thetas,
                 "orthogonality_max": self.orthogonality_max,
                 "rank_margin": {"largest_rejected": self.margin[0], "smallest_accepted": self.margin[1]},
@@ -297,13 +310,19 @@ def _scaled(x: Any, c: float) -> Any:
 
 
 def _redraw(m: nn.Module, seed: int) -> None:
-    """Replace every parameter by an independent draw of its own mean and spread (std, at least
-    0.05): a θ far from the model's own, where other units are dead or saturated."""
+    """Replace every parameter by an independent draw around its own mean: with its own spread
+    (at least 0.05) for odd seeds, at unit scale for even ones (spread at least 1/√fan-in, 0.3
+    for vectors). Either may leave units dead or saturated where the model's own θ does not;
+    unit scale also leaves the near-linear regime of small initialisations (GPT-2's 0.02), where
+    a smooth activation barely bends and the fields look almost dependent."""
     g = torch.Generator().manual_seed(50_000 + seed)
     with torch.no_grad():
         for p in m.parameters():
             mean = float(p.mean()) if p.numel() else 0.0
-            std = max(float(p.std()) if p.numel() > 1 else 0.0, 0.05)
+            floor = 0.05
+            if seed % 2 == 0:
+                floor = 1.0 / math.sqrt(max(1, p.numel() // p.shape[0])) if p.dim() >= 2 else 0.3
+            std = max(float(p.std()) if p.numel() > 1 else 0.0, floor)
             p.copy_(mean + std * torch.randn(p.shape, generator=g, dtype=torch.float64))
 
 
@@ -395,7 +414,7 @@ def _best_theta(ann, model, depth, seed, thetas, draws, batch, patience, max_par
     rep = None
     for k, fn in enumerate(fns[:max(thetas, 1)]):
         one = _at_theta(ann, fn, depth, batch, patience, progress)
-        if rep is None or one.upper - one.lower < rep.upper - rep.lower:
+        if rep is None or (not one.clear, one.upper - one.lower) < (not rep.clear, rep.upper - rep.lower):
             one.orthogonality_max = max(one.orthogonality_max, rep.orthogonality_max if rep else 0.0)
             one.fields += rep.fields if rep else 0
             rep = one
