@@ -401,7 +401,12 @@ def completeness(ann, model: nn.Module | None = None, *, depth: int = 3, seed: i
     if model is None:
         raise FxconsError("completeness needs the model (annotate was given none)")
     with torch.random.fork_rng(devices=[]):  # the fields fix the dropout seed: keep the caller's RNG
-        rep = _best_theta(ann, model, depth, seed, thetas, draws, batch, patience, max_params, progress)
+        try:
+            rep = _best_theta(ann, model, depth, seed, thetas, draws, batch, patience, max_params, progress)
+        except (RuntimeError, NotImplementedError, TypeError) as e:
+            first = (str(e).strip().splitlines() or [""])[0][:200]
+            raise FxconsError(f"completeness: torch.func cannot differentiate this model twice ({type(e).__name__}: "
+                              f"{first}); custom autograd.Functions need setup_context and a jvp") from None
     rep.seconds = time.perf_counter() - t0
     return rep
 

@@ -11,6 +11,8 @@ functions, ``operator`` functions, Tensor methods (in-place ones too) and aten o
 """
 from __future__ import annotations
 
+import warnings
+
 import operator
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -258,8 +260,8 @@ def _function_view(cap: Captured, node: fx.Node, name: str) -> View:
     out = node.meta.get("val")
     if name in ("linear",):
         return View("linear", [x, _arg(node, 1, "weight"), _arg(node, 2, "bias")], {"layout": "out_in"})
-    if name in ("addmm",):  # bias + x @ W (W stored in,out) -- Conv1D spelling
-        return View("linear", [a[1], a[2], a[0]], {"layout": "in_out"})
+    if name in ("addmm",):  # beta·bias + alpha·x @ W (W stored in,out) -- Conv1D spelling
+        return View("linear", [a[1], a[2], a[0]], {"layout": "in_out", "bias_scale": _arg(node, 3, "beta", 1)})
     if name in ("conv1d", "conv2d", "conv3d"):
         return View("conv", [x, _arg(node, 1, "weight"), _arg(node, 2, "bias")],
                     {"groups": _arg(node, 6, "groups", 1), "padded": _padded(_arg(node, 4, "padding", 0))})
@@ -288,8 +290,11 @@ def _function_view(cap: Captured, node: fx.Node, name: str) -> View:
             pad = a[2] if len(a) > 2 else node.kwargs.get("padding_idx", -1)
             freq = a[3] if len(a) > 3 else node.kwargs.get("scale_grad_by_freq", False)
             return _embedding_view(a[1], a[0], pad if pad is not None and pad >= 0 else None, None, bool(freq))
-        return _embedding_view(x, _arg(node, 1, "weight"), _arg(node, 2, "padding_idx"), _arg(node, 3, "max_norm"),
-                               bool(_arg(node, 5, "scale_grad_by_freq", False)))
+        w, pad = _arg(node, 1, "weight"), _arg(node, 2, "padding_idx")
+        if isinstance(pad, int) and pad < 0:  # F.embedding counts a negative padding_idx from the end
+            rows = _val(w).shape[0] if isinstance(_val(w), torch.Tensor) else None
+            pad = pad + rows if rows is not None else pad
+        return _embedding_view(x, w, pad, _arg(node, 3, "max_norm"), bool(_arg(node, 5, "scale_grad_by_freq", False)))
     if name in HOMOGENEOUS:
         return View("homog", [x], {"fn": name})
     if name in ("prelu", "_prelu_kernel"):  # the slope is an operand: it cannot scale
@@ -342,6 +347,8 @@ def _function_view(cap: Captured, node: fx.Node, name: str) -> View:
         nd = _ndim(_val(x))
         dim = _arg(node, 2 if name != "unbind" else 1, "dim", 0) or 0
         return View("split", [x], {"dim": int(dim) % nd, "squeeze": name == "unbind"})
+    if name in ("cat", "concat", "concatenate", "stack") and not isinstance(_arg(node, 0, "tensors"), (list, tuple)):
+        return View("unknown", [_arg(node, 0, "tensors")], {"why": f"{name} of a list built at run time"})
     if name in ("cat", "concat", "concatenate"):
         t = list(a[0])
         nd = _ndim(_val(t[0]))
@@ -350,19 +357,23 @@ def _function_view(cap: Captured, node: fx.Node, name: str) -> View:
         t = list(a[0])
         nd = _ndim(out)
         return View("stack", t, {"dim": int(_arg(node, 1, "dim", 0)) % nd})
+    lhs, rhs = _arg(node, 0, "input"), _arg(node, 1, "other")  # torch.add(input=x, other=y) too
+    if name in ARITHMETIC and any(_is_container(v) for v in (lhs, rhs)):
+        # Python list arithmetic traced by fx ([t] * x.shape[0], l1 + l2): not a tensor op
+        return View("unknown", list(node.all_input_nodes), {"why": f"{name} of a Python list or tuple"})
     if name in ("add", "add_", "iadd", "__add__", "__radd__"):
         alpha = node.kwargs.get("alpha", 1)
-        return View("add", [a[0], a[1]], {"alpha": alpha})
+        return View("add", [lhs, rhs], {"alpha": alpha})
     if name in ("sub", "sub_", "isub", "__sub__", "rsub"):
-        if name == "rsub":
-            return View("add", [a[1], a[0]], {"alpha": -1})
-        return View("add", [a[0], a[1]], {"alpha": -1 * node.kwargs.get("alpha", 1)})
+        if name == "rsub":  # rsub(input, other, alpha) = other − alpha·input
+            return View("add", [rhs, lhs], {"alpha": -1 * node.kwargs.get("alpha", 1)})
+        return View("add", [lhs, rhs], {"alpha": -1 * node.kwargs.get("alpha", 1)})
     if name in ("mul", "mul_", "imul", "__mul__", "__rmul__", "multiply"):
-        return View("mul", [a[0], a[1]])
+        return View("mul", [lhs, rhs])
     if name in ("truediv", "div", "div_", "itruediv", "__truediv__", "divide"):
         if node.kwargs.get("rounding_mode") or (len(a) > 2 and a[2]):
-            return View("breaker", [a[0], a[1]], {"why": "rounding division"})
-        return View("div", [a[0], a[1]])
+            return View("breaker", [lhs, rhs], {"why": "rounding division"})
+        return View("div", [lhs, rhs])
     if name in ("neg", "neg_", "__neg__"):
         return View("mul", [x, -1.0])
     if name in ("mean", "sum", "amax", "amin", "nansum", "nanmean"):
@@ -411,11 +422,26 @@ def _function_view(cap: Captured, node: fx.Node, name: str) -> View:
 
 # ----------------------------------------------------------------------------- entry point
 
+#: elementwise arithmetic spellings (their operands must be tensors or numbers)
+ARITHMETIC = {"add", "add_", "iadd", "__add__", "__radd__", "sub", "sub_", "isub", "__sub__", "rsub", "mul", "mul_",
+              "imul", "__mul__", "__rmul__", "multiply", "truediv", "div", "div_", "itruediv", "__truediv__", "divide"}
+
+
+def _is_container(v: Any) -> bool:
+    """A Python list / tuple, literal or produced by a node (its value is one)."""
+    return isinstance(v, (list, tuple)) or (isinstance(v, fx.Node) and isinstance(v.meta.get("val"), (list, tuple)))
+
+
 def canonicalize(cap: Captured) -> None:
     """Attach a :class:`View` to every node of ``cap.gm`` (``node.meta['fxc']``)."""
     gm = cap.gm
     for node in gm.graph.nodes:
-        view = _view(cap, node)
+        try:
+            view = _view(cap, node)
+        except Exception as e:  # noqa: BLE001 - a spelling no rule foresaw: stop symmetries, never crash
+            warnings.warn(f"fxcons: node {node.name} ({node.target}) could not be read ({type(e).__name__}: {e}); "
+                          "it breaks every symmetry through it", stacklevel=2)
+            view = View("unknown", list(node.all_input_nodes), {"why": f"could not be read: {type(e).__name__}"})
         if view.kind not in ("param", "input", "const", "output", "meta") and _python_values_only(node):
             view = View("meta", list(node.args))  # shape arithmetic: (x.shape[0],) + (1,) * (x.ndim - 1)
         node.meta["fxc"] = view

@@ -346,9 +346,25 @@ def _dropout_t(node, v, T):
 
 
 def _no_tangent(node, v, T):
-    """Shapes, dims and comparisons (``x.dim()``, ``x.shape[0]``, ``x > 0``): their value does not
-    move with the tangent (a comparison's derivative is zero wherever it is defined)."""
+    """Shapes and dims (``x.dim()``, ``x.shape[0]``, ``ones_like(x)``): their value does not move
+    with the tangent. A comparison of a moving tensor (``x > 0``) has zero derivative, but a
+    finite shift θ + t·c flips it: the model is then not invariant, so the candidate breaks."""
+    if any(t is not None for t in T) and _is_comparison(node):
+        return BROKEN
     return None
+
+
+def _is_comparison(node) -> bool:
+    from fxcons.ops import _fn_name
+
+    name = node.target if isinstance(node.target, str) else _fn_name(node.target)
+    return str(name).strip("_") in COMPARISONS
+
+
+#: comparisons and logical ops (``meta`` kind: no derivative; their result flips under a shift)
+COMPARISONS = {"eq", "ne", "lt", "gt", "le", "ge", "and", "or", "not", "logical_not", "logical_and",
+               "logical_or", "logical_xor", "greater", "less", "greater_equal", "less_equal", "not_equal",
+               "isclose", "isnan", "isinf", "isfinite", "sign", "signbit"}
 
 
 def _first_operand(rule):
@@ -600,9 +616,9 @@ def translation_pass(cap, head, fams):
 
 def _shift_source(cap, sites, node, pos: int, v):
     """(parameter, feature axis counted from the end, index (d, k) of the entries shifted per
-    feature) when θ + t·c on that parameter adds exactly c (along the feature axis) to every
-    position of ``node``'s output: a Linear / conv bias, every row of an embedding table, a raw
-    parameter added to a tensor. None otherwise."""
+    feature, factor a) when θ + t·c on that parameter adds exactly a·c (along the feature axis)
+    to every position of ``node``'s output: a Linear / conv bias, every row of an embedding
+    table, a raw parameter added to a tensor. None otherwise."""
     ref = v.ins[pos]
     if not isinstance(ref, ParamRef) or len(sites.get(ref.name, ())) != 1:
         return None
@@ -613,13 +629,16 @@ def _shift_source(cap, sites, node, pos: int, v):
     shape, n = tuple(info.shape), int(np.prod(info.shape))
     if v.kind in ("linear", "conv") and pos == 2 and len(shape) == 1:
         feat = -1 if v.kind == "linear" else (1 if _conv_batched(node, v) else 0) - len(out)
-        return ref.name, feat, np.arange(n, dtype=np.int64)[:, None]
+        scale = v.attrs.get("bias_scale", 1)  # addmm(b, x, W, beta=2) adds 2b
+        if not isinstance(scale, (int, float)) or scale == 0:
+            return None
+        return ref.name, feat, np.arange(n, dtype=np.int64)[:, None], float(scale)
     last = shape[-1]
     flat = np.arange(n, dtype=np.int64).reshape(-1, last).T  # (d, rows): entry [row, i]
-    if v.kind == "embedding" and pos == 1 and v.attrs.get("padding_idx") in (None, -1) and len(shape) == 2:
-        return ref.name, -1, flat  # every row + c: every looked-up vector moves by c
+    if v.kind == "embedding" and pos == 1 and v.attrs.get("padding_idx") is None and len(shape) == 2:
+        return ref.name, -1, flat, 1.0  # every row + c: every looked-up vector moves by c
     if v.kind == "add" and pos in (0, 1) and out[-1] == last and len(shape) <= len(out):
-        return ref.name, -1, flat  # broadcast over every other axis of the sum
+        return ref.name, -1, flat, 1.0  # broadcast over every other axis of the sum
     return None
 
 
@@ -654,18 +673,19 @@ def shift_transfer_laws(cap, sites) -> list[LawFamily]:
         src = _shift_source(cap, sites, node, pos, v)
         if src is None:
             continue
+        pname, feat, idx, scale = src
         if v.kind == "add":  # the parameter is itself an operand of the sum
             coef = 1.0 if pos == 0 else float(v.attrs.get("alpha", 1))
             root, coef = _add_root(cap, node, coef)
         else:
             if len(node.users) != 1:
                 continue
-            root, coef = _add_root(cap, node, 1.0)
+            root, coef = _add_root(cap, node, scale)
             if root is node:
                 continue
         if coef == 0:
             continue
-        groups.setdefault(root, []).append((src, coef))
+        groups.setdefault(root, []).append(((pname, feat, idx), coef))
     fams = []
     for root, srcs in groups.items():
         by_axis: dict = {}

@@ -645,3 +645,118 @@ def test_a_literal_eps_in_a_functional_norm_is_lowered_by_the_oracle():
     (scale,) = [f for f in ann.families if f.kind == "scale"]
     rep = ann.verify(probes=2)
     assert rep.ok and next(c for c in rep.families if c.name == scale.name).max_ratio < 1e-9
+
+
+# ----------------------------------------------------------------------------- round 4 (red team on
+# shift transfer, MHA/class-token translations and shape queries): each failed before its fix
+
+def _shift_family(ann):
+    (fam,) = [f for f in ann.families if "↔" in f.name]
+    return fam
+
+
+@pytest.mark.parametrize("frontend", FRONTENDS)
+def test_rsub_alpha_is_the_coefficient_of_its_shift(frontend):
+    """torch.rsub(a(x), p, alpha=2) = p − 2·a(x): the law is a.bias + p/2... as b_a/(-2) − p/1."""
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.p, self.out = nn.Linear(4, 4), nn.Parameter(torch.randn(4)), nn.Linear(4, 3)
+
+        def forward(self, x):
+            return self.out(torch.rsub(self.a(x), self.p, alpha=2))
+
+    m = M()
+    ann = annotate(m, torch.randn(3, 4), frontend=frontend)
+    fam = _shift_family(ann)
+    got = ann.evaluate(m)[fam.name]
+    want = (m.a.bias / -2 - m.p) if fam.terms[0].param == "a.bias" else (m.p - m.a.bias / -2)
+    torch.testing.assert_close(got, want.detach())
+    assert_sound(ann)
+
+
+@pytest.mark.parametrize("frontend", FRONTENDS)
+def test_addmm_beta_scales_the_bias_shift(frontend):
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.W, self.b = nn.Parameter(torch.randn(4, 4)), nn.Parameter(torch.randn(4))
+            self.l, self.out = nn.Linear(4, 4), nn.Linear(4, 3)
+
+        def forward(self, x):
+            return self.out(torch.addmm(self.b, x, self.W, beta=2.0) + self.l(x))
+
+    m = M()
+    ann = annotate(m, torch.randn(3, 4), frontend=frontend)
+    fam = _shift_family(ann)
+    assert {t.param: t.coef for t in fam.terms} in ({"b": 0.5, "l.bias": -1.0}, {"b": -0.5, "l.bias": 1.0})
+    assert_sound(ann)
+
+
+def test_functional_embedding_negative_padding_idx_blocks_the_shift():
+    """F.embedding(ids, W, padding_idx=-1) pads with the *last* row (no gradient)."""
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.W, self.pos, self.out = nn.Parameter(torch.randn(7, 4)), nn.Parameter(torch.randn(5, 4)), nn.Linear(4, 3)
+
+        def forward(self, ids):
+            return self.out(F.embedding(ids, self.W, padding_idx=-1) + self.pos)
+
+    ids = torch.randint(0, 7, (3, 5), generator=torch.Generator().manual_seed(1))
+    ids[0, 0] = 6
+    ann = annotate(M(), ids, frontend="fx")
+    assert not [f for f in ann.families if "↔" in f.name]
+    assert_sound(ann)
+
+
+def test_a_comparison_of_a_shifted_tensor_breaks_the_translation():
+    """head(LN(h) * (h > 0)): a shift of h's bias is absorbed by the LayerNorm but flips the mask,
+    so θ + t·c is not a symmetry (the mask's zero derivative hides it from gradients only)."""
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.ln, self.head = nn.Linear(4, 4), nn.LayerNorm(4), nn.Linear(4, 3)
+
+        def forward(self, x):
+            h = self.a(x)
+            return self.head(self.ln(h) * (h > 0).float())
+
+    ann = annotate(M(), torch.randn(3, 4, 4))
+    assert not [f for f in ann.families if f.kind == "translation"]
+    assert_sound(ann)
+
+
+def test_python_list_arithmetic_is_not_a_tensor_product():
+    """torch.stack([cls[0]] * x.shape[0]): fx records list * int; read as an elementwise product
+    it let each class-token entry rescale on its own (r ≈ 0.13)."""
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.cls, self.ln, self.head = nn.Parameter(torch.randn(2, 4)), nn.LayerNorm(4), nn.Linear(4, 3)
+
+        def forward(self, x):
+            c = torch.stack([self.cls[0]] * x.shape[0]).unsqueeze(1)
+            return self.head(self.ln(torch.cat([c, x], 1)))
+
+    for frontend in ("fx", "auto"):
+        ann = annotate(M(), torch.randn(3, 4, 4), frontend=frontend)
+        assert_sound(ann)
+        rescale = [f for f in ann.families if f.params == ["cls"] and f.kind == "rescale"]
+        # only the unused row cls[1] is free entry by entry
+        assert all(sorted(t.index.reshape(-1).tolist()) == [4, 5, 6, 7] for f in rescale for t in f.terms)
+
+
+def test_keyword_operands_of_add_are_read():
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.p = nn.Linear(4, 4), nn.Parameter(torch.randn(4))
+
+        def forward(self, x):
+            return torch.add(input=self.a(x), other=self.p)
+
+    for frontend in FRONTENDS:
+        ann = annotate(M(), torch.randn(2, 4), frontend=frontend)
+        assert [f.params for f in ann.families] == [["a.bias", "p"]]
+        assert_sound(ann)
