@@ -13,11 +13,12 @@ one meta-tensor run. Tied parameters keep one canonical name (``named_parameters
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import warnings
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.fx as fx
@@ -311,11 +312,56 @@ def follow_inplace_ops(gm: fx.GraphModule) -> int:
     return rewired
 
 
+@contextlib.contextmanager
+def custom_functions(tracer: fx.Tracer | None = None):
+    """Watch ``torch.autograd.Function.apply`` while the model's Python runs: yields the list of
+    custom Functions called. With a ``tracer`` a call on proxies is recorded as one opaque node
+    (``GRL.apply``) instead of being traced into: a custom Function's backward need not be the
+    derivative of its forward (gradient reversal, straight-through estimators), so no rule may
+    see through it."""
+    seen: list[str] = []
+    original = torch.autograd.Function.__dict__["apply"]
+
+    def apply(cls, *args, **kwargs):
+        seen.append(cls.__qualname__)
+        if tracer is not None and any(isinstance(a, fx.Proxy) for a in _flat((args, kwargs))):
+            return tracer.create_proxy("call_function", _opaque_apply(cls, original), args, kwargs)
+        return original.__get__(None, cls)(*args, **kwargs)
+
+    torch.autograd.Function.apply = classmethod(apply)
+    try:
+        yield seen
+    finally:
+        torch.autograd.Function.apply = original
+
+
+def _opaque_apply(cls: type, original) -> Callable:
+    """``cls.apply`` as a plain function: the graph's target for a custom autograd.Function."""
+    def run(*args, **kwargs):
+        return original.__get__(None, cls)(*args, **kwargs)
+
+    run.__name__ = f"{cls.__name__}_apply"
+    run.__qualname__ = f"{cls.__qualname__}.apply (a custom autograd.Function: its backward is its own)"
+    return run
+
+
+def _flat(x):
+    if isinstance(x, (list, tuple)):
+        for y in x:
+            yield from _flat(y)
+    elif isinstance(x, dict):
+        for y in x.values():
+            yield from _flat(y)
+    else:
+        yield x
+
+
 def _capture_fx(mm: nn.Module, example_inputs: tuple, kwargs: dict) -> fx.GraphModule:
     tracer = LeafTracer()
     tracer.extra_leaves = tuple(_REGISTERED_LEAVES)
     concrete = None
-    graph = tracer.trace(mm, concrete_args=concrete)
+    with custom_functions(tracer):
+        graph = tracer.trace(mm, concrete_args=concrete)
     gm = fx.GraphModule(tracer.root, graph, mm.__class__.__name__)
     follow_inplace_ops(gm)
     _MetaRecorder(gm).run(*example_inputs, **kwargs) if not kwargs else _run_kwargs(gm, example_inputs, kwargs)
@@ -329,7 +375,12 @@ def _run_kwargs(gm: fx.GraphModule, args: tuple, kwargs: dict) -> None:
 
 
 def _capture_export(mm: nn.Module, example_inputs: tuple, kwargs: dict, training: bool):
-    ep = torch.export.export(mm, example_inputs, kwargs=kwargs or None, strict=False)
+    with custom_functions() as seen:
+        ep = torch.export.export(mm, example_inputs, kwargs=kwargs or None, strict=False)
+    if seen:
+        raise CaptureError(f"forward calls the custom autograd.Function {', '.join(sorted(set(seen)))}: torch.export "
+                           "traces only its forward, and its backward may differ (gradient reversal, straight-through), "
+                           "so no law can be derived through it; frontend='fx' keeps it as an opaque node")
     gm = ep.graph_module
     sig = ep.graph_signature
     return gm, dict(sig.inputs_to_parameters), dict(sig.inputs_to_buffers)

@@ -760,3 +760,41 @@ def test_keyword_operands_of_add_are_read():
         ann = annotate(M(), torch.randn(2, 4), frontend=frontend)
         assert [f.params for f in ann.families] == [["a.bias", "p"]]
         assert_sound(ann)
+
+
+class _GradReversal(torch.autograd.Function):
+    """The DANN gradient-reversal layer: identity forward, negated backward."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, g):
+        return -g
+
+
+class _GRLModel(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(4, 5), nn.Linear(5, 3)
+
+    def forward(self, x):
+        return self.b(_GradReversal.apply(torch.relu(self.a(x))))
+
+
+def test_a_custom_autograd_function_is_opaque():
+    """fx and export trace only a custom Function's forward; with a reversed backward, the
+    traced rescale law ‖a row‖² + b² − ‖b col‖² is not conserved (‖…‖² + ‖b col‖² is). fx keeps
+    the call as one opaque node (a breaker); export refuses with the reason."""
+    ann = annotate(_GRLModel(), torch.randn(8, 4))
+    assert ann.frontend == "fx" and ann.total_laws == 0
+    assert any("custom autograd.Function" in b.why for b in ann.breakers)
+    with pytest.raises(fxcons.CaptureError, match="custom autograd.Function _GradReversal"):
+        fxcons.annotate(_GRLModel(), (torch.randn(8, 4),), frontend="export")
+    m = _GRLModel().double()                     # the traced law is indeed false under autograd
+    x = torch.randn(8, 4, dtype=torch.float64)
+    out = m(x)
+    ga, gab, gb = torch.autograd.grad((out * torch.randn_like(out)).sum(), [m.a.weight, m.a.bias, m.b.weight])
+    d = 2 * ((m.a.weight * ga).sum(1) + m.a.bias * gab - (m.b.weight * gb).sum(0))
+    assert d.abs().max() > 1e-3
