@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import operator
 import warnings
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -249,15 +250,40 @@ _ALIASING = {
     "broadcast_to", "getitem", "select", "narrow", "split", "split_with_sizes", "chunk", "unbind",
     "tensor_split", "diagonal", "as_strided", "unfold", "detach", "contiguous", "to", "type_as",
     "float", "double", "half", "bfloat16", "type", "cpu", "cuda", "real", "imag", "view_as_real",
-    "alias", "getattr", "T", "mT",
+    "alias", "getattr", "T", "mT", "ravel", "adjoint", "mH", "H", "conj", "resolve_conj", "resolve_neg",
+    "view_as_complex", "positive", "align_as", "rename",
 }
 _AUGMENTED = {"iadd", "isub", "imul", "itruediv", "ifloordiv", "imod", "ipow", "imatmul", "iand", "ior", "ixor"}
+
+
+_ARITHMETIC = (operator.add, operator.sub, operator.mul, operator.truediv, operator.floordiv, operator.mod,
+               operator.pow, operator.matmul, operator.and_, operator.or_, operator.xor)
+
+
+def _discarded_arithmetic(node: fx.Node) -> bool:
+    """``h += p`` on a Proxy falls back to ``h + p``: a tensor sum nobody reads is the trace of
+    an in-place write that other names (a view made before it) still see."""
+    return (node.op == "call_function" and node.target in _ARITHMETIC and not node.users
+            and isinstance(node.args[0], fx.Node))
+
+
+def _views_of(x: fx.Node) -> list[fx.Node]:
+    """Every node that shares memory with ``x`` through a chain of views (``x[:, :].view(...)``)."""
+    out, todo = [], [x]
+    while todo:
+        for u in todo.pop().users:
+            if _call_name(u) in _ALIASING and u not in out:
+                out.append(u)
+                todo.append(u)
+    return out
 
 
 def _call_name(node: fx.Node) -> str | None:
     if node.op == "call_method":
         return str(node.target)
     if node.op == "call_function":
+        if isinstance(node.target, torch._ops.OpOverload):  # aten.add_.Tensor -> add_
+            return node.target._schema.name.split("::")[-1]
         return getattr(node.target, "__name__", None)
     return None
 
@@ -295,11 +321,14 @@ def follow_inplace_ops(gm: fx.GraphModule) -> int:
     order = {n: i for i, n in enumerate(gm.graph.nodes)}
     rewired = 0
     for node in list(gm.graph.nodes):
+        if _discarded_arithmetic(node):
+            raise UnfollowableMutation(
+                f"'{node.name}' computes {node.args[0].name} {node.target.__name__} ... and discards the result: "
+                "fx records an augmented assignment on a tensor (h += p) this way, losing the write")
         if not _writes_first_operand(node, gm):
             continue
         x = node.args[0]
-        aliases = [u for u in x.users if u is not node and _call_name(u) in _ALIASING
-                   and any(order[w] > order[node] for w in u.users)]
+        aliases = [u for u in _views_of(x) if u is not node and any(order[w] > order[node] for w in u.users)]
         if _call_name(x) in _ALIASING or aliases:
             raise UnfollowableMutation(
                 f"in-place op '{node.name}' writes '{x.name}', which shares memory with another tensor")
@@ -319,11 +348,11 @@ def custom_functions(tracer: fx.Tracer | None = None):
     (``GRL.apply``) instead of being traced into: a custom Function's backward need not be the
     derivative of its forward (gradient reversal, straight-through estimators), so no rule may
     see through it."""
-    seen: list[str] = []
+    seen: list[tuple[type, tuple]] = []
     original = torch.autograd.Function.__dict__["apply"]
 
     def apply(cls, *args, **kwargs):
-        seen.append(cls.__qualname__)
+        seen.append((cls, args))
         if tracer is not None and any(isinstance(a, fx.Proxy) for a in _flat((args, kwargs))):
             return tracer.create_proxy("call_function", _opaque_apply(cls, original), args, kwargs)
         return original.__get__(None, cls)(*args, **kwargs)
@@ -333,6 +362,38 @@ def custom_functions(tracer: fx.Tracer | None = None):
         yield seen
     finally:
         torch.autograd.Function.apply = original
+
+
+def honest_function(cls: type, args: tuple) -> bool:
+    """Is ``cls``'s backward the derivative of its forward? Checked in float64 at random inputs of
+    the traced arguments' shapes: the gradient through ``cls.apply`` (its own backward) against
+    autograd through ``cls.forward`` called as plain code. Bloom's GeLUFunction passes; a
+    gradient-reversal layer does not; anything that cannot be checked does not."""
+    g = torch.Generator().manual_seed(0)
+
+    def real(a):
+        if isinstance(a, torch.Tensor) and a.is_floating_point():
+            return torch.randn(tuple(a.shape), generator=g, dtype=torch.float64).requires_grad_()
+        return torch.zeros(tuple(a.shape), dtype=a.dtype) if isinstance(a, torch.Tensor) else a
+
+    try:
+        xs = [real(a) for a in args]
+        leaves = [x for x in xs if isinstance(x, torch.Tensor) and x.requires_grad]
+        own = [o for o in _flat(cls.apply(*xs)) if isinstance(o, torch.Tensor) and o.requires_grad]
+        if cls.setup_context is not torch.autograd.Function.setup_context:
+            plain = cls.forward(*xs)
+        else:
+            plain = cls.forward(torch.autograd.function.FunctionCtx(), *xs)
+        plain = [o for o in _flat(plain) if isinstance(o, torch.Tensor) and o.requires_grad]
+        if not leaves or not own or len(own) != len(plain):
+            return False
+        vs = [torch.randn(o.shape, generator=g, dtype=o.dtype) for o in own]
+        g1 = torch.autograd.grad(sum((o * v).sum() for o, v in zip(own, vs)), leaves, allow_unused=True)
+        g2 = torch.autograd.grad(sum((o * v).sum() for o, v in zip(plain, vs)), leaves, allow_unused=True)
+        return all((a is None and b is None) or (a is not None and b is not None and
+                                                 torch.allclose(a, b, rtol=1e-6, atol=1e-9)) for a, b in zip(g1, g2))
+    except Exception:  # noqa: BLE001 - a Function we cannot exercise is not trusted
+        return False
 
 
 def _opaque_apply(cls: type, original) -> Callable:
@@ -377,11 +438,13 @@ def _run_kwargs(gm: fx.GraphModule, args: tuple, kwargs: dict) -> None:
 def _capture_export(mm: nn.Module, example_inputs: tuple, kwargs: dict, training: bool):
     with custom_functions() as seen:
         ep = torch.export.export(mm, example_inputs, kwargs=kwargs or None, strict=False)
-    if seen:
-        raise CaptureError(f"forward calls the custom autograd.Function {', '.join(sorted(set(seen)))}: torch.export "
-                           "traces only its forward, and its backward may differ (gradient reversal, straight-through), "
-                           "so no law can be derived through it; frontend='fx' keeps it as an opaque node")
+    dishonest = sorted({cls.__qualname__ for cls, args in seen if not honest_function(cls, args)})
+    if dishonest:
+        raise CaptureError(f"forward calls the custom autograd.Function {', '.join(dishonest)}, whose backward is not "
+                           "the derivative of its forward (gradient reversal, straight-through...): torch.export traces "
+                           "only the forward, so no law can be derived through it; frontend='fx' keeps it opaque")
     gm = ep.graph_module
+    follow_inplace_ops(gm)  # the training IR keeps in-place ops (aten.add_): same treatment as fx
     sig = ep.graph_signature
     return gm, dict(sig.inputs_to_parameters), dict(sig.inputs_to_buffers)
 

@@ -798,3 +798,44 @@ def test_a_custom_autograd_function_is_opaque():
     ga, gab, gb = torch.autograd.grad((out * torch.randn_like(out)).sum(), [m.a.weight, m.a.bias, m.b.weight])
     d = 2 * ((m.a.weight * ga).sum(1) + m.a.bias * gab - (m.b.weight * gb).sum(0))
     assert d.abs().max() > 1e-3
+
+
+class _HonestSquare(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return x * x
+
+    @staticmethod
+    def backward(ctx, g):
+        (x,) = ctx.saved_tensors
+        return 2 * x * g
+
+
+def test_an_honest_custom_function_is_exported_and_a_dishonest_one_is_not():
+    from fxcons.capture import honest_function
+
+    x = torch.randn(3, 4)
+    assert honest_function(_HonestSquare, (x,))
+    assert not honest_function(_GradReversal, (x,))
+
+
+class _ViewThenAugmented(nn.Module):
+    """h += p after r = h.ravel() (or a view of a view): r sees the write; fx records h + p and
+    drops it, export keeps aten.add_ on a tensor a later view reads. Σp was reported (r ≈ 0.18)."""
+
+    def __init__(self, nested: bool):
+        super().__init__()
+        self.a, self.p, self.out, self.nested = nn.Linear(4, 4), nn.Parameter(torch.randn(4)), nn.Linear(4, 2), nested
+
+    def forward(self, x):
+        h = self.a(x)
+        r = h[:, :].view(3, 4) if self.nested else h.ravel()
+        h += self.p
+        return self.out(r.view(3, 4))
+
+
+@pytest.mark.parametrize("nested", [False, True])
+def test_an_augmented_write_seen_through_a_view_is_refused(nested):
+    with pytest.raises(fxcons.CaptureError, match="augmented assignment|shares memory"):
+        fxcons.annotate(_ViewThenAugmented(nested), (torch.randn(3, 4),))
