@@ -328,8 +328,13 @@ def follow_inplace_ops(gm: fx.GraphModule) -> int:
         if not _writes_first_operand(node, gm):
             continue
         x = node.args[0]
-        aliases = [u for u in _views_of(x) if u is not node and any(order[w] > order[node] for w in u.users)]
-        if _call_name(x) in _ALIASING or aliases:
+        base = x
+        while _call_name(base) in _ALIASING and base.args and isinstance(base.args[0], fx.Node):
+            base = base.args[0]  # the tensor that owns the memory x views
+        # the write is seen by every other tensor sharing that memory: refuse if one is read later
+        aliases = [u for u in [base, *_views_of(base)] if u is not x and u is not node
+                   and any(order[w] > order[node] for w in u.users)]
+        if aliases:
             raise UnfollowableMutation(
                 f"in-place op '{node.name}' writes '{x.name}', which shares memory with another tensor")
         for user in list(x.users):
