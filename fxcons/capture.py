@@ -358,7 +358,7 @@ def custom_functions(tracer: fx.Tracer | None = None):
 
     def apply(cls, *args, **kwargs):
         seen.append((cls, args))
-        if tracer is not None and any(isinstance(a, fx.Proxy) for a in _flat((args, kwargs))):
+        if tracer is not None and any(isinstance(a, fx.Proxy) for a in leaves((args, kwargs))):
             return tracer.create_proxy("call_function", _opaque_apply(cls, original), args, kwargs)
         return original.__get__(None, cls)(*args, **kwargs)
 
@@ -383,18 +383,18 @@ def honest_function(cls: type, args: tuple) -> bool:
 
     try:
         xs = [real(a) for a in args]
-        leaves = [x for x in xs if isinstance(x, torch.Tensor) and x.requires_grad]
-        own = [o for o in _flat(cls.apply(*xs)) if isinstance(o, torch.Tensor) and o.requires_grad]
+        inputs = [x for x in xs if isinstance(x, torch.Tensor) and x.requires_grad]
+        own = [o for o in leaves(cls.apply(*xs)) if isinstance(o, torch.Tensor) and o.requires_grad]
         if cls.setup_context is not torch.autograd.Function.setup_context:
             plain = cls.forward(*xs)
         else:
             plain = cls.forward(torch.autograd.function.FunctionCtx(), *xs)
-        plain = [o for o in _flat(plain) if isinstance(o, torch.Tensor) and o.requires_grad]
-        if not leaves or not own or len(own) != len(plain):
+        plain = [o for o in leaves(plain) if isinstance(o, torch.Tensor) and o.requires_grad]
+        if not inputs or not own or len(own) != len(plain):
             return False
         vs = [torch.randn(o.shape, generator=g, dtype=o.dtype) for o in own]
-        g1 = torch.autograd.grad(sum((o * v).sum() for o, v in zip(own, vs)), leaves, allow_unused=True)
-        g2 = torch.autograd.grad(sum((o * v).sum() for o, v in zip(plain, vs)), leaves, allow_unused=True)
+        g1 = torch.autograd.grad(sum((o * v).sum() for o, v in zip(own, vs)), inputs, allow_unused=True)
+        g2 = torch.autograd.grad(sum((o * v).sum() for o, v in zip(plain, vs)), inputs, allow_unused=True)
         return all((a is None and b is None) or (a is not None and b is not None and
                                                  torch.allclose(a, b, rtol=1e-6, atol=1e-9)) for a, b in zip(g1, g2))
     except Exception:  # noqa: BLE001 - a Function we cannot exercise is not trusted
@@ -411,13 +411,14 @@ def _opaque_apply(cls: type, original) -> Callable:
     return run
 
 
-def _flat(x):
+def leaves(x):
+    """Every leaf of nested lists, tuples and dicts (graph operands, call arguments, outputs)."""
     if isinstance(x, (list, tuple)):
         for y in x:
-            yield from _flat(y)
+            yield from leaves(y)
     elif isinstance(x, dict):
         for y in x.values():
-            yield from _flat(y)
+            yield from leaves(y)
     else:
         yield x
 

@@ -264,8 +264,8 @@ class _Functional:
         self.seed = seed
         watch = _PrecisionWatch()  # a model may compute part of its forward in float32
         args, kwargs = random_inputs(ann.example_inputs, ann.example_kwargs, seed)
-        with torch.no_grad(), watch:
-            self.outputs(self.theta, args, kwargs)
+        with torch.no_grad(), watch:  # (the outputs' shapes and dtypes shape every cotangent)
+            self.templates = self.outputs(self.theta, args, kwargs)
         low = min(watch.dtypes, key=lambda d: torch.finfo(d).bits, default=torch.float64)
         self.precision = str(low).replace("torch.", "")
         self.tol = TOLERANCES["float64" if low == torch.float64 else "low"]
@@ -293,9 +293,7 @@ class _Functional:
         # saturates somewhere (data that leaves a unit in one regime shows laws it does not have)
         scale = float(torch.empty(()).uniform_(-INPUT_SPREAD, INPUT_SPREAD, generator=gen).exp())
         args, kwargs = _scaled(args, scale), {n: _scaled(v, scale) for n, v in kwargs.items()}
-        with torch.no_grad():
-            shapes = [o for o in self.outputs(self.theta, args, kwargs)]
-        vs = _cotangent(shapes, self.ann.head, gen)
+        vs = _cotangent(self.templates, self.ann.head, gen)
 
         def pairing(theta: torch.Tensor) -> torch.Tensor:
             return sum((o * v).sum() for o, v in zip(self.outputs(theta, args, kwargs), vs))

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 import torch.fx as fx
 
-from .capture import Captured
+from .capture import Captured, leaves
 from .linsys import LinearSystem
 from .ops import ParamRef
 
@@ -90,7 +90,8 @@ class ScaleAnalysis:
 
     def broken(self, node: fx.Node, why: str, *values: Ids) -> None:
         """Force ``values`` to scale 0 and record the node if it actually stopped something."""
-        live = list(_id_arrays(values))
+        # a list-valued operand (``[t] * n`` traced by fx) holds several id arrays
+        live = [v for v in leaves(values) if isinstance(v, np.ndarray) and v.dtype.kind in "iu"]
         for v in live:
             self.sys.zero(v)
         if live:
@@ -230,13 +231,3 @@ class ScaleAnalysis:
             if isinstance(val, (tuple, list)) and not isinstance(out, tuple):
                 out = (out,) + (None,) * (len(val) - 1)  # e.g. max_pool2d_with_indices
             self.env[node] = out
-
-
-def _id_arrays(values):
-    """The unknown-id arrays among ``values`` (a list-valued operand, like ``[t] * n`` traced by
-    fx, holds several; anything else holds none)."""
-    for v in values:
-        if isinstance(v, (list, tuple)):
-            yield from _id_arrays(v)
-        elif isinstance(v, np.ndarray) and v.dtype.kind in "iu":
-            yield v

@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from fxcons.capture import leaves
 from fxcons.ops import ParamRef
 from fxcons.scale import ScaleAnalysis
 
@@ -484,17 +485,9 @@ def bilinear_scales(A: ScaleAnalysis, a: np.ndarray, b: np.ndarray) -> np.ndarra
 
 
 def _output(A: ScaleAnalysis, node, v):
-    def leaves(x):
-        if isinstance(x, (list, tuple)):
-            for y in x:
-                yield from leaves(y)
-        elif isinstance(x, dict):
-            for y in x.values():
-                yield from leaves(y)
-        elif isinstance(x, torch.fx.Node):
-            yield x
-
     for leaf in leaves(v.ins[0]):
+        if not isinstance(leaf, torch.fx.Node):
+            continue
         ids = A.val(leaf)
         if ids is not None:
             A.sys.zero(ids)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import numpy as np
 import torch.fx as fx
 
+from fxcons.capture import leaves
 from fxcons.lawset import LawFamily, Term
 from fxcons.ops import ParamRef
 from fxcons.scale import rule_failure
@@ -400,8 +401,8 @@ def propagate(cap, starts: dict[fx.Node, frozenset], head: str | None) -> bool:
     for node in nodes[first:]:
         v = node.meta["fxc"]
         if v.kind == "output":  # operands are nested in a tuple/dict: check every leaf
-            for o in _leaves(v.ins[0]):
-                F = T.get(o)
+            for o in leaves(v.ins[0]):
+                F = T.get(o) if isinstance(o, fx.Node) else None
                 if F is None:
                     continue
                 if head == "classification" and not isinstance(F, tuple) and (_ndim(o) - 1) in F:
@@ -435,15 +436,6 @@ def propagate(cap, starts: dict[fx.Node, frozenset], head: str | None) -> bool:
     return True
 
 
-def _leaves(x):
-    if isinstance(x, (list, tuple)):
-        for y in x:
-            yield from _leaves(y)
-    elif isinstance(x, dict):
-        for y in x.values():
-            yield from _leaves(y)
-    elif isinstance(x, fx.Node):
-        yield x
 
 
 # ----------------------------------------------------------------------------- candidates
